@@ -1,0 +1,51 @@
+"""``mobilemoe use-preset`` and ``mobilemoe config``: choose and inspect the configuration.
+
+The project's ``params.yaml`` is the one file DVC, the flows and lineage read, so a preset
+is chosen by copying it there (after validating it); the old file is kept as
+``params.yaml.bak``.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import yaml
+
+from . import add_config_args, load_config
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("use-preset", help="make presets/NAME.yaml the project's params.yaml")
+    p.add_argument("name", help="preset name (see presets/)")
+    p.set_defaults(func=run_use)
+    p = sub.add_parser("config", help="print the validated configuration as YAML")
+    add_config_args(p)
+    p.set_defaults(func=run_show)
+    p = sub.add_parser("presets", help="list the presets")
+    p.set_defaults(func=run_list)
+
+
+def run_use(args) -> int:
+    from ..config import load_params, params_path, preset_path
+
+    src = preset_path(args.name)
+    load_params(src)  # never install an invalid file
+    dst = params_path()
+    if dst.exists():
+        shutil.copy2(dst, dst.with_name("params.yaml.bak"))
+    shutil.copyfile(src, dst)
+    print(f"params.yaml is now preset {args.name!r} (previous file kept as params.yaml.bak)")
+    return 0
+
+
+def run_show(args) -> int:
+    print(yaml.safe_dump(load_config(args).to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def run_list(args) -> int:
+    from ..config import load_preset, preset_names
+
+    for name in preset_names():
+        print(f"{name:<22} {load_preset(name).model.name}")
+    return 0

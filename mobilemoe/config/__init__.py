@@ -1,0 +1,185 @@
+"""The one configuration: ``params.yaml`` loaded into typed, validated sections.
+
+    from mobilemoe.config import load_params, load_preset
+    params = load_params()                      # the project's params.yaml
+    params = load_preset("mobilemoe-s", ["model.moe.top_k=2"])
+
+DVC reads the same file (``dvc.yaml`` lists its keys) and the flows take it as their
+Metaflow ``Config``; presets are complete files in ``presets/`` that a user makes the
+project's ``params.yaml`` (``mobilemoe use-preset NAME``).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from .base import ConfigError, build, fail, flatten, to_dict
+from .data import DataConfig
+from .device_lab import DeviceLabConfig
+from .evaluation import EvalConfig
+from .export import ExportConfig
+from .model import ModelConfig, MoEConfig, RopeScaling
+from .runtime import RuntimeConfig, TrackingConfig
+from .scaling import ScalingConfig
+from .train import QATStageConfig, TrainStageConfig
+
+__all__ = [
+    "ConfigError", "Params", "ModelConfig", "MoEConfig", "RopeScaling", "TrainStageConfig",
+    "QATStageConfig", "load_params", "load_preset", "parse_params", "preset_names",
+    "preset_path", "project_root", "params_path", "apply_overrides", "to_dict", "flatten",
+]
+
+TRAIN_STAGES = ("pretrain", "midtrain", "sft", "qat")
+
+
+@dataclass
+class Params:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    pretrain: TrainStageConfig = field(default_factory=TrainStageConfig)
+    midtrain: TrainStageConfig = field(default_factory=TrainStageConfig)
+    sft: TrainStageConfig = field(default_factory=TrainStageConfig)
+    qat: QATStageConfig = field(default_factory=QATStageConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    device_lab: DeviceLabConfig = field(default_factory=DeviceLabConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def validate(self, key: str) -> None:
+        for stage in TRAIN_STAGES:
+            cfg: TrainStageConfig = getattr(self, stage)
+            if cfg.seq_len > self.model.max_seq_len:
+                fail(f"{stage}.seq_len", f"{cfg.seq_len} is longer than model.max_seq_len="
+                     f"{self.model.max_seq_len}")
+        # INT4 groups run along each linear's input dim: every input width must split into
+        # whole groups (the routed experts' down projection reads expert_hidden inputs).
+        m, g = self.model, self.qat.group_size
+        widths = {"model.d_model": m.d_model, "model.n_heads x head_dim": m.n_heads * m.resolved_head_dim}
+        if any(not m.is_moe_layer(i) for i in range(m.n_layers)):
+            widths["model.ffn_hidden"] = m.ffn_hidden
+        if m.moe is not None:
+            widths["model.moe.expert_hidden"] = m.moe.expert_hidden
+            if m.moe.n_shared_experts:
+                widths["model.moe.shared_hidden"] = m.moe.n_shared_experts * m.moe.shared_hidden
+        for name, width in widths.items():
+            if width % g:
+                fail("qat.group_size", f"{g} does not divide {name}={width} (INT4 groups run "
+                     "along each linear's input dimension)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def section(self, name: str) -> Any:
+        return getattr(self, name)
+
+
+def project_root() -> Path:
+    """The project folder: $MOBILEMOE_ROOT, else the checkout this package lives in."""
+    env = os.environ.get("MOBILEMOE_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = Path(__file__).resolve().parents[2]
+    if (here / "pyproject.toml").exists() and (here / "presets").is_dir():
+        return here
+    return Path.cwd().resolve()
+
+
+def params_path() -> Path:
+    return project_root() / "params.yaml"
+
+
+def preset_dir() -> Path:
+    return project_root() / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in preset_dir().glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    path = preset_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; available presets: "
+                          f"{', '.join(preset_names()) or '(none found in ' + str(preset_dir()) + ')'}")
+    return path
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: Iterable[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a raw params dict."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. model.moe.top_k=2")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            where = ".".join(parts[: i + 1])
+            if part not in node:
+                raise ConfigError(f"override {key}: unknown key {where!r}")
+            if node[part] is None:
+                raise ConfigError(f"override {key}: {where} is null in this configuration; "
+                                  f"set {where} to a mapping first")
+            if not isinstance(node[part], dict):
+                raise ConfigError(f"override {key}: {where} is not a mapping")
+            node = node[part]
+        node[parts[-1]] = _parse_value(text)
+    return raw
+
+
+def read_yaml(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found (copy a preset: "
+                          f"`mobilemoe use-preset tiny`, or pass an existing file)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: must be a YAML mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def parse_params(raw: dict, source: str = "params", overrides: Iterable[str] = ()) -> Params:
+    """Validate a raw dict (e.g. Metaflow's Config value) into :class:`Params`."""
+    try:
+        raw = apply_overrides(raw, overrides)
+        return build(Params, raw)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def load_params(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> Params:
+    path = Path(path) if path is not None else params_path()
+    return parse_params(read_yaml(path), str(path), overrides)
+
+
+def load_preset(name: str, overrides: Iterable[str] = ()) -> Params:
+    return load_params(preset_path(name), overrides)
+
+
+def flat_params(params: Params, section: str | None = None) -> dict[str, Any]:
+    """Flattened ``section.key`` -> value (what MLflow logs as params)."""
+    data = params.to_dict() if section is None else {section: to_dict(getattr(params, section))}
+    return flatten(data)

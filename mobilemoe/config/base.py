@@ -1,0 +1,173 @@
+"""Strict loading of typed config sections from plain dicts.
+
+Every section of ``params.yaml`` is a dataclass. ``build(cls, data, key)`` turns a
+mapping into an instance, checking unknown keys, missing keys and types against the
+annotations, and reports problems as one :class:`ConfigError` naming the dotted key.
+Sections may define ``validate(self, key)`` for cross-field rules (called after
+building); it raises ``ConfigError`` through :func:`fail`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, Union, get_args, get_origin
+
+from ..errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """A problem in the configuration; the message names the file/key and the fix."""
+
+
+def fail(key: str, problem: str) -> typing.NoReturn:
+    raise ConfigError(f"{key}: {problem}")
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    if origin is list:
+        (inner,) = get_args(tp)
+        return f"a list of {_type_name(inner)}"
+    if origin is dict:
+        return f"a mapping of {_type_name(get_args(tp)[1])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            fail(key, f"must be {_type_name(tp)}, got null")
+        options = [a for a in args if a is not type(None)]
+        # A mapping can only be meant for the dataclass option: report its inner error.
+        if isinstance(value, dict):
+            for arg in options:
+                if dataclasses.is_dataclass(arg) or get_origin(arg) is dict:
+                    return _convert(arg, value, key)
+        if len(options) == 1:
+            return _convert(options[0], value, key)
+        for arg in options:
+            try:
+                return _convert(arg, value, key)
+            except ConfigError:
+                pass
+        fail(key, f"must be {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        fail(key, f"must be one of {', '.join(repr(a) for a in get_args(tp))}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            fail(key, f"must be a mapping, got {type(value).__name__} {value!r}")
+        return build(tp, value, key)
+    if origin is list:
+        (inner,) = get_args(tp)
+        if not isinstance(value, list):
+            fail(key, f"must be a list, got {type(value).__name__} {value!r}")
+        return [_convert(inner, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, inner = get_args(tp)
+        if not isinstance(value, dict):
+            fail(key, f"must be a mapping, got {type(value).__name__} {value!r}")
+        return {str(k): _convert(inner, v, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        fail(key, f"must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+            return int(value)
+        fail(key, f"must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        fail(key, f"must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        fail(key, f"must be a string, got {value!r}")
+    raise TypeError(f"unsupported config type {tp!r} at {key}")
+
+
+def build(cls: type, data: dict, key: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data`` strictly; ``key`` is the dotted prefix."""
+    if not isinstance(data, dict):
+        fail(key or "<root>", f"must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    prefix = f"{key}." if key else ""
+    unknown = sorted(set(map(str, data)) - set(fields))
+    if unknown:
+        fail(
+            prefix + unknown[0],
+            f"unknown key (known keys under {key or 'the top level'}: {', '.join(sorted(fields))})",
+        )
+    kwargs = {}
+    for name, field in fields.items():
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], prefix + name)
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            fail(prefix + name, f"missing (expected {_type_name(hints[name])})")
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate(key)
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-data form of a config object (what YAML and MLflow params see)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    if isinstance(data, dict):
+        for k, v in data.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        if not data and prefix:
+            out[prefix[:-1]] = {}
+        return out
+    out[prefix[:-1]] = data
+    return out
+
+
+def require(cond: bool, key: str, problem: str) -> None:
+    if not cond:
+        fail(key, problem)
+
+
+def positive(obj: Any, key: str, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value <= 0:
+            fail(f"{key}.{name}" if key else name, f"must be > 0, got {value}")

@@ -1,0 +1,43 @@
+"""The ``runtime`` and ``tracking`` sections: process-wide settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from .base import positive, require
+
+
+@dataclass
+class RuntimeConfig:
+    seed: int = 1234
+    # torch intra-op threads per process. On a 2-core machine with other work running,
+    # oversubscribed threads made a step 20x slower (STACK.md): keep this explicit.
+    threads: int = 2
+    # Metaflow foreach branches / parallel jobs at once (threads x workers <= cores).
+    parallel_workers: int = 1
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
+    # Training precision: auto = bf16 autocast on GPU, fp32 on CPU.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+    def validate(self, key: str) -> None:
+        positive(self, key, "threads", "parallel_workers")
+        require(self.seed >= 0, f"{key}.seed", "must be >= 0")
+
+
+@dataclass
+class TrackingConfig:
+    # MLflow tracking URI; null = a sqlite file in the project (.mlflow/mlflow.db).
+    # MLFLOW_TRACKING_URI in the environment wins over this. Never put credentials here:
+    # servers read them from the environment.
+    uri: Optional[str] = None
+    experiment: str = "mobilemoe"
+    # Where stage outputs (checkpoints, .pte) are cached by key; a local folder
+    # (relative to the project) or s3://bucket/prefix.
+    artifact_store: str = "artifacts"
+
+    def validate(self, key: str) -> None:
+        if self.uri is not None:
+            require("@" not in self.uri.split("//", 1)[-1].split("/", 1)[0], f"{key}.uri",
+                    "contains credentials (user:password@host); give them through the "
+                    "environment (MLFLOW_TRACKING_USERNAME/PASSWORD) instead")

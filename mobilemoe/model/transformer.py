@@ -1,0 +1,244 @@
+"""The MobileMoE decoder: one code base for MoE and dense models.
+
+Read top to bottom: norm, RoPE, attention (GQA, QK-norm, sliding window, static KV
+cache), block, model. ``MobileMoE(cfg)(tokens)`` is the training forward (causal, no
+cache); after ``setup_cache(batch, max_len)``, ``model(tokens, input_pos)`` writes K/V
+at ``input_pos`` and attends over the cache (prefill and decode alike), which is the
+form ``torch.export`` and ExecuTorch's LLM runner use.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config.model import ModelConfig, RopeScaling
+from .moe import MoEFeedForward, Router, RoutedExperts, SwiGLU
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 (bf16 sums of squares lose precision at d_model 768+).
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).to(x.dtype)
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: Optional[RopeScaling]) -> torch.Tensor:
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    if scaling is None:
+        return inv_freq.float()
+    # llama3 scaling: long wavelengths divided by `factor`, short ones kept, a smooth
+    # blend in between (Llama 3.1 reference implementation).
+    low_wavelen = scaling.original_context / scaling.low_freq_factor
+    high_wavelen = scaling.original_context / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (scaling.original_context / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor)
+    blended = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
+    out = torch.where(wavelen > low_wavelen, inv_freq / scaling.factor, blended)
+    out = torch.where(wavelen < high_wavelen, inv_freq, out)
+    return out.float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, heads, T, hd); cos/sin: (T, hd/2). Rotate-half convention."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return out.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.n_heads, self.n_kv_heads = cfg.n_heads, cfg.n_kv_heads
+        self.head_dim = cfg.resolved_head_dim
+        self.window = cfg.sliding_window if cfg.is_local_layer(layer) else None
+        hd = self.head_dim
+        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * hd, bias=False)
+        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * hd, bias=False)
+        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * hd, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * hd, cfg.d_model, bias=False)
+        self.q_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(hd, cfg.norm_eps) if cfg.qk_norm else None
+        # Static KV cache (setup_cache); buffers so torch.export treats them as mutable state.
+        self.register_buffer("k_cache", None, persistent=False)
+        self.register_buffer("v_cache", None, persistent=False)
+
+    def setup_cache(self, batch: int, max_len: int, dtype: torch.dtype, device) -> None:
+        shape = (batch, self.n_kv_heads, max_len, self.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=dtype, device=device)
+        self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
+
+    def forward(self, x, cos, sin, input_pos: Optional[torch.Tensor], mask: Optional[torch.Tensor]):
+        B, T, _ = x.shape
+        hd = self.head_dim
+        q = self.wq(x).view(B, T, self.n_heads, hd).transpose(1, 2)
+        k = self.wk(x).view(B, T, self.n_kv_heads, hd).transpose(1, 2)
+        v = self.wv(x).view(B, T, self.n_kv_heads, hd).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if input_pos is not None:
+            if self.k_cache is None:
+                raise RuntimeError("input_pos given but no KV cache: call model.setup_cache() first")
+            # Static cache: write this chunk's K/V at its positions, attend over all slots;
+            # the mask hides slots beyond each query's position (never read unwritten ones).
+            self.k_cache.index_copy_(2, input_pos, k.to(self.k_cache.dtype))
+            self.v_cache.index_copy_(2, input_pos, v.to(self.v_cache.dtype))
+            k, v = self.k_cache.to(q.dtype), self.v_cache.to(q.dtype)
+        rep = self.n_heads // self.n_kv_heads
+        if rep > 1:
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.wo(out.transpose(1, 2).reshape(B, T, self.n_heads * hd))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg, layer)
+        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.ffn = (MoEFeedForward(cfg.d_model, cfg.moe) if cfg.is_moe_layer(layer)
+                    else SwiGLU(cfg.d_model, cfg.ffn_hidden))
+
+    def forward(self, x, cos, sin, input_pos, mask):
+        x = x + self.attn(self.attn_norm(x), cos, sin, input_pos, mask)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class MobileMoE(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.output = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        inv_freq = rope_inv_freq(cfg.resolved_head_dim, cfg.rope_theta, cfg.rope_scaling)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.has_local_layers = any(cfg.is_local_layer(i) for i in range(cfg.n_layers))
+        self.cache_len = 0
+        if not any(p.is_meta for p in self.parameters()):
+            self.reset_parameters()
+
+    # -- init ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        std = self.cfg.init_std
+        out_std = std / math.sqrt(2 * self.cfg.n_layers)  # residual projections (GPT-2)
+        for name, p in self.named_parameters():
+            if p.ndim == 1:  # norms
+                p.fill_(1.0)
+            elif name.endswith(("wo.weight", "down.weight", ".w2")):
+                nn.init.normal_(p, 0.0, out_std)
+            else:
+                nn.init.normal_(p, 0.0, std)
+        for m in self.modules():
+            if isinstance(m, Router):
+                m.expert_bias.zero_()
+        self.inv_freq.copy_(rope_inv_freq(self.cfg.resolved_head_dim, self.cfg.rope_theta,
+                                          self.cfg.rope_scaling))
+
+    # -- cache ----------------------------------------------------------------------------
+    def setup_cache(self, batch: int = 1, max_len: Optional[int] = None, dtype=None) -> None:
+        max_len = max_len or self.cfg.max_seq_len
+        p = self.tok_embeddings.weight
+        for layer in self.layers:
+            layer.attn.setup_cache(batch, max_len, dtype or torch.float32, p.device)
+        self.cache_len = max_len
+
+    def reset_cache(self) -> None:
+        for layer in self.layers:
+            if layer.attn.k_cache is not None:
+                layer.attn.k_cache.zero_()
+                layer.attn.v_cache.zero_()
+
+    def _masks(self, T: int, input_pos, key_valid, device):
+        """Boolean attention masks (True = attend), one per distinct window; None = causal."""
+        if input_pos is None:
+            q_pos = torch.arange(T, device=device)
+            k_pos = q_pos
+        else:
+            q_pos = input_pos
+            k_pos = torch.arange(self.cache_len, device=device)
+        if input_pos is None and key_valid is None and not self.has_local_layers:
+            return None, None
+        causal = k_pos.unsqueeze(0) <= q_pos.unsqueeze(1)  # (T, S)
+        if key_valid is not None:
+            # A query always sees its own slot, so a padding row is never fully masked
+            # (SDPA would return NaN there, and NaN values leak through zero weights).
+            own = k_pos.unsqueeze(0) == q_pos.unsqueeze(1)
+            causal = (causal.unsqueeze(0) & key_valid.unsqueeze(1)) | own  # (B, T, S)
+            causal = causal.unsqueeze(1)  # (B, 1, T, S)
+        local = None
+        if self.has_local_layers:
+            near = (q_pos.unsqueeze(1) - k_pos.unsqueeze(0)) < self.cfg.sliding_window
+            local = causal & near
+        return causal, local
+
+    # -- forward --------------------------------------------------------------------------
+    def forward(self, tokens: torch.Tensor, input_pos: Optional[torch.Tensor] = None,
+                key_valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits (B, T, vocab).
+
+        tokens: (B, T) ids. input_pos: (T,) positions of these tokens; given = use the KV
+        cache. key_valid: optional (B, S) bool, False for padding keys (S = T without a
+        cache, the cache length with one).
+        """
+        B, T = tokens.shape
+        pos = input_pos if input_pos is not None else torch.arange(T, device=tokens.device)
+        freqs = pos.float().unsqueeze(1) * self.inv_freq.unsqueeze(0)
+        cos, sin = freqs.cos(), freqs.sin()
+        full, local = self._masks(T, input_pos, key_valid, tokens.device)
+        h = self.tok_embeddings(tokens)
+        for layer in self.layers:
+            mask = local if layer.attn.window is not None else full
+            h = layer(h, cos, sin, input_pos, mask)
+        return self.output(self.norm(h))
+
+    # -- MoE helpers ----------------------------------------------------------------------
+    def routers(self) -> list[Router]:
+        return [m for m in self.modules() if isinstance(m, Router)]
+
+    def aux_loss(self) -> Optional[torch.Tensor]:
+        """Sum of the routers' auxiliary losses from the last training forward (OLMoE)."""
+        losses = [r.aux_loss for r in self.routers() if r.aux_loss is not None]
+        return sum(losses) if losses else None
+
+    @torch.no_grad()
+    def update_router_biases(self) -> list[torch.Tensor]:
+        """Call after each optimizer step: balancing update; returns per-layer loads."""
+        return [r.update_bias() for r in self.routers()]
+
+    def use_static_experts(self) -> "MobileMoE":
+        """Swap every MoE layer to the fixed-shape (exportable) path, same weights."""
+        for m in self.modules():
+            if isinstance(m, MoEFeedForward):
+                m.use_static_experts()
+        return self
+
+    def routed_experts(self) -> list[RoutedExperts]:
+        return [m for m in self.modules() if isinstance(m, RoutedExperts)]
+
+
+def build_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> MobileMoE:
+    """Build on ``device`` ("meta" = shapes only, no weight memory)."""
+    with torch.device(device):
+        return MobileMoE(cfg)
