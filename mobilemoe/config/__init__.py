@@ -165,7 +165,7 @@ def parse_params(raw: dict, source: str = "params", overrides: Iterable[str] = (
     """Validate a raw dict (e.g. Metaflow's Config value) into :class:`Params`."""
     try:
         raw = apply_overrides(raw, overrides)
-        return build(Params, raw)
+        return build(Params, raw, complete=True)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
 

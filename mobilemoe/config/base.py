@@ -43,7 +43,7 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _convert(tp: Any, value: Any, key: str) -> Any:
+def _convert(tp: Any, value: Any, key: str, complete: bool = False) -> Any:
     origin = get_origin(tp)
     if tp is Any:
         return value
@@ -58,12 +58,12 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if isinstance(value, dict):
             for arg in options:
                 if dataclasses.is_dataclass(arg) or get_origin(arg) is dict:
-                    return _convert(arg, value, key)
+                    return _convert(arg, value, key, complete)
         if len(options) == 1:
-            return _convert(options[0], value, key)
+            return _convert(options[0], value, key, complete)
         for arg in options:
             try:
-                return _convert(arg, value, key)
+                return _convert(arg, value, key, complete)
             except ConfigError:
                 pass
         fail(key, f"must be {_type_name(tp)}, got {value!r}")
@@ -74,17 +74,17 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             fail(key, f"must be a mapping, got {type(value).__name__} {value!r}")
-        return build(tp, value, key)
+        return build(tp, value, key, complete)
     if origin is list:
         (inner,) = get_args(tp)
         if not isinstance(value, list):
             fail(key, f"must be a list, got {type(value).__name__} {value!r}")
-        return [_convert(inner, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [_convert(inner, v, f"{key}[{i}]", complete) for i, v in enumerate(value)]
     if origin is dict:
         _, inner = get_args(tp)
         if not isinstance(value, dict):
             fail(key, f"must be a mapping, got {type(value).__name__} {value!r}")
-        return {str(k): _convert(inner, v, f"{key}.{k}") for k, v in value.items()}
+        return {str(k): _convert(inner, v, f"{key}.{k}", complete) for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -111,8 +111,13 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {tp!r} at {key}")
 
 
-def build(cls: type, data: dict, key: str = "") -> Any:
-    """Build dataclass ``cls`` from ``data`` strictly; ``key`` is the dotted prefix."""
+def build(cls: type, data: dict, key: str = "", complete: bool = False) -> Any:
+    """Build dataclass ``cls`` from ``data`` strictly; ``key`` is the dotted prefix.
+
+    ``complete``: every field must be given (a params file states every value in effect,
+    so DVC, the flow and lineage see the same numbers); otherwise defaults fill gaps
+    (e.g. configs stored in older checkpoints).
+    """
     if not isinstance(data, dict):
         fail(key or "<root>", f"must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -127,8 +132,9 @@ def build(cls: type, data: dict, key: str = "") -> Any:
     kwargs = {}
     for name, field in fields.items():
         if name in data:
-            kwargs[name] = _convert(hints[name], data[name], prefix + name)
-        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            kwargs[name] = _convert(hints[name], data[name], prefix + name, complete)
+        elif complete or (field.default is dataclasses.MISSING
+                          and field.default_factory is dataclasses.MISSING):
             fail(prefix + name, f"missing (expected {_type_name(hints[name])})")
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)

@@ -1,0 +1,230 @@
+"""The MobileMoE decoder: masking, KV cache, routers, balancing, the two MoE paths."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mobilemoe.config import load_preset
+from mobilemoe.config.model import ModelConfig, MoEConfig
+from mobilemoe.model import build_model
+from mobilemoe.model.moe import MoEFeedForward, Router, RoutedExperts, StaticExperts
+
+
+def small(**moe_kw) -> ModelConfig:
+    moe = dict(n_routed_experts=8, expert_hidden=32, top_k=2, n_shared_experts=1, shared_hidden=32,
+               route_scale=2.5, bias_update_rate=0.01)
+    moe.update(moe_kw)
+    return ModelConfig(name="t", vocab_size=300, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                       max_seq_len=64, moe=MoEConfig(**moe))
+
+
+CONFIGS = {
+    "moe-sigmoid": small(),
+    "moe-softmax": small(router="softmax", renormalize=False, route_scale=1.0, bias_update_rate=0.0,
+                         aux_loss_weight=0.01, z_loss_weight=0.001, n_shared_experts=0),
+    "moe-first-dense": small(n_dense_layers=1),
+    "dense-sliding": ModelConfig(name="d", vocab_size=300, d_model=64, n_layers=4, n_heads=4,
+                                 n_kv_heads=1, max_seq_len=64, sliding_window=8, global_every=4,
+                                 tie_embeddings=False, ffn_hidden=96, moe=None),
+}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_causal_masking(name, seed):
+    model = build_model(CONFIGS[name]).eval()
+    x = torch.randint(6, 300, (2, 24))
+    y = x.clone()
+    y[:, 15:] = torch.randint(6, 300, (2, 9))
+    with torch.no_grad():
+        a, b = model(x), model(y)
+    assert torch.allclose(a[:, :15], b[:, :15], atol=1e-6)
+    assert not torch.allclose(a[:, 15:], b[:, 15:], atol=1e-3)
+
+
+def test_sliding_window_limits_reach(seed):
+    cfg = CONFIGS["dense-sliding"]
+    cfg = copy.deepcopy(cfg)
+    cfg.global_every = 10**6  # every layer local: position t sees only (t-8, t]
+    cfg.n_layers = 1
+    model = build_model(cfg).eval()
+    x = torch.randint(6, 300, (1, 30))
+    y = x.clone()
+    y[0, 0] = (x[0, 0] + 1) % 300
+    with torch.no_grad():
+        a, b = model(x), model(y)
+    assert not torch.allclose(a[0, :8], b[0, :8], atol=1e-4)  # inside the window of token 0
+    assert torch.allclose(a[0, 8:], b[0, 8:], atol=1e-6)  # beyond it (one layer: no relay)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_kv_cache_decode_equals_full_forward(name, seed):
+    model = build_model(CONFIGS[name]).eval()
+    x = torch.randint(6, 300, (1, 40))
+    with torch.no_grad():
+        full = model(x)
+        model.setup_cache(1, 64)
+        chunks = [model(x[:, :17], torch.arange(17))]
+        for t in range(17, 40):
+            chunks.append(model(x[:, t:t + 1], torch.tensor([t])))
+        assert torch.allclose(torch.cat(chunks, 1), full, atol=1e-5)
+        # A new prompt from position 0 overwrites the cache: no reset needed.
+        x2 = torch.randint(6, 300, (1, 12))
+        assert torch.allclose(model(x2, torch.arange(12)), model.__class__.forward(model, x2), atol=1e-5)
+
+
+def test_padding_mask_matches_unpadded(seed):
+    model = build_model(CONFIGS["moe-sigmoid"]).eval()
+    x = torch.randint(6, 300, (1, 10))
+    padded = torch.cat([torch.zeros(1, 5, dtype=torch.long), x], 1)  # left padding
+    valid = torch.tensor([[False] * 5 + [True] * 10])
+    with torch.no_grad():
+        ref = model(x)
+        # Positions count from the first real token, as a padded batch would do.
+        out = model(padded, key_valid=valid)
+    # RoPE is relative, so shifting every real token by 5 positions leaves scores unchanged.
+    assert torch.allclose(out[:, 5:], ref, atol=1e-5)
+    assert torch.isfinite(out).all()
+
+
+def _reference_routing(cfg: MoEConfig, weight, bias, x):
+    """Plain per-token routing (no batching tricks), as PAPER.md describes it."""
+    out_idx, out_w = [], []
+    for t in range(x.shape[0]):
+        logits = [float(weight[e].detach() @ x[t].double()) for e in range(cfg.n_routed_experts)]
+        if cfg.router == "sigmoid":
+            scores = [1 / (1 + torch.exp(torch.tensor(-v, dtype=torch.float64)).item()) for v in logits]
+            order = sorted(range(len(scores)), key=lambda e: -(scores[e] + float(bias[e])))
+        else:
+            m = max(logits)
+            z = sum(torch.exp(torch.tensor(v - m, dtype=torch.float64)).item() for v in logits)
+            scores = [torch.exp(torch.tensor(v - m, dtype=torch.float64)).item() / z for v in logits]
+            order = sorted(range(len(scores)), key=lambda e: -scores[e])
+        picked = order[: cfg.top_k]
+        w = [scores[e] for e in picked]
+        if cfg.renormalize:
+            w = [v / sum(w) for v in w]
+        out_idx.append(picked)
+        out_w.append([v * cfg.route_scale for v in w])
+    return out_idx, out_w
+
+
+@pytest.mark.parametrize("name", ["moe-sigmoid", "moe-softmax"])
+def test_router_matches_per_token_reference(name, seed):
+    cfg = CONFIGS[name].moe
+    router = Router(64, cfg)
+    torch.nn.init.normal_(router.weight, std=0.5)
+    router.expert_bias.copy_(torch.randn(cfg.n_routed_experts) * 0.3)
+    x = torch.randn(20, 64)
+    r = router(x)
+    ref_idx, ref_w = _reference_routing(cfg, router.weight.double(), router.expert_bias, x)
+    for t in range(20):
+        got = dict(zip(r.topk_idx_TK[t].tolist(), r.topk_weight_TK[t].tolist()))
+        want = dict(zip(ref_idx[t], ref_w[t]))
+        assert set(got) == set(want)
+        for e in want:
+            assert got[e] == pytest.approx(want[e], rel=1e-5)
+    assert r.logits_TE.dtype == torch.float32
+
+
+def test_router_runs_in_fp32_under_bf16():
+    cfg = CONFIGS["moe-sigmoid"].moe
+    router = Router(64, cfg)
+    torch.nn.init.normal_(router.weight, std=0.5)
+    x = torch.randn(10, 64).bfloat16()
+    r = router(x)
+    assert router.weight.dtype == torch.float32 and r.logits_TE.dtype == torch.float32
+
+
+def test_bias_balancing_moves_skewed_load_toward_balance(seed):
+    cfg = small(bias_update_rate=0.01).moe
+    router = Router(64, cfg).train()
+    torch.nn.init.normal_(router.weight, std=0.1)
+    with torch.no_grad():
+        router.weight[0] += 0.6  # expert 0 wins for tokens along a common direction
+    x = torch.randn(512, 64) * 0.2 + torch.ones(64) * 0.3
+
+    def imbalance():
+        load = torch.bincount(router(x).topk_idx_TK.reshape(-1), minlength=8).float()
+        return (load.max() / load.mean()).item()
+
+    router.load_accum.zero_()
+    before = imbalance()
+    for _ in range(300):
+        router(x)
+        router.update_bias()
+    after = imbalance()
+    assert before > 2.0
+    assert after < 0.5 * before and after < 1.6, (before, after)
+    # The bias only picks experts: combine weights come from the scores alone.
+    r = router(x)
+    scores = torch.sigmoid(F.linear(x, router.weight)).gather(1, r.topk_idx_TK)
+    expect = scores / scores.sum(-1, keepdim=True) * cfg.route_scale
+    assert torch.allclose(r.topk_weight_TK, expect, atol=1e-6)
+
+
+def test_softmax_router_losses(seed):
+    cfg = CONFIGS["moe-softmax"].moe
+    router = Router(64, cfg).train()
+    torch.nn.init.normal_(router.weight, std=0.5)
+    x = torch.randn(32, 64)
+    r = router(x)
+    probs = torch.softmax(r.logits_TE, -1)
+    f = torch.bincount(r.topk_idx_TK.reshape(-1), minlength=8).float() / (32 * cfg.top_k)
+    lb = cfg.aux_loss_weight * 8 * (f * probs.mean(0)).sum()
+    z = cfg.z_loss_weight * torch.logsumexp(r.logits_TE, -1).square().mean()
+    assert router.aux_loss.item() == pytest.approx((lb + z).item(), rel=1e-5)
+
+
+def test_two_compute_paths_agree_fp32(seed):
+    model = build_model(load_preset("tiny").model).eval()
+    static = copy.deepcopy(model).use_static_experts()
+    assert all(isinstance(m.experts, StaticExperts) for m in static.modules() if isinstance(m, MoEFeedForward))
+    x = torch.randint(6, 4096, (2, 48))
+    with torch.no_grad():
+        assert (model(x) - static(x)).abs().max().item() < 1e-5
+    layer = model.layers[0].ffn
+    h = torch.randn(300, 128)
+    routing = layer.router(h)
+    s = StaticExperts(layer.experts)
+    assert (layer.experts(h, routing) - s(h, routing)).abs().max().item() < 1e-5
+
+
+def test_every_expert_with_tokens_gets_gradients(seed):
+    model = build_model(CONFIGS["moe-sigmoid"]).train()
+    x = torch.randint(6, 300, (2, 32))
+    logits = model(x)
+    F.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten()).backward()
+    for router, experts in zip(model.routers(), model.routed_experts()):
+        used = router.last_load > 0
+        g13 = experts.w13.grad.flatten(1).abs().sum(1)
+        g2 = experts.w2.grad.flatten(1).abs().sum(1)
+        assert (g13[used] > 0).all() and (g2[used] > 0).all()
+        assert (g13[~used] == 0).all()
+        assert router.weight.grad.abs().sum() > 0
+
+
+def test_training_path_gradients_match_static_path(seed):
+    model = build_model(CONFIGS["moe-sigmoid"]).train()
+    layer = model.layers[0].ffn
+    x = torch.randn(64, 64)
+    with torch.no_grad():
+        routing = layer.router(x)
+    upstream = torch.randn(64, 64)
+    (layer.experts(x, routing) * upstream).sum().backward()
+    static = StaticExperts(layer.experts)
+    (static(x, routing) * upstream).sum().backward()
+    E, H2, D = layer.experts.w13.shape
+    g_gate_up = static.gate_up.weight.grad.view(E, H2, D)
+    g_down = static.down.weight.grad.view(D, E, H2 // 2).permute(1, 0, 2)
+    assert torch.allclose(layer.experts.w13.grad, g_gate_up, atol=1e-5)
+    assert torch.allclose(layer.experts.w2.grad, g_down, atol=1e-5)
+
+
+def test_generation_api_needs_cache():
+    model = build_model(CONFIGS["moe-sigmoid"])
+    with pytest.raises(RuntimeError, match="setup_cache"):
+        model(torch.zeros(1, 3, dtype=torch.long), torch.arange(3))
