@@ -1,0 +1,200 @@
+"""MLflow lineage: one parent run per pipeline run, one child run per stage, tags that link.
+
+Every stage's child run carries the tags below, so from any model, exported ``.pte`` or
+device profile one can walk back to the checkpoint, stage params, data version (DVC
+md5s) and code commit that made it (``mobilemoe lineage``). Tag names are the contract
+the README documents; change them only together.
+
+Tracking store: ``MLFLOW_TRACKING_URI`` if set, else ``tracking.uri`` from params, else a
+sqlite file in the project (``.mlflow/mlflow.db``, artifacts in ``.mlflow/artifacts``):
+nothing to start. Runs are driven through ``MlflowClient`` with explicit run ids, since
+each Metaflow step is its own process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+# --- tag names (documented in README "Lineage") ---------------------------------------
+TAG_PREFIX = "mobilemoe."
+STAGE = "mobilemoe.stage"  # curate | pretrain | midtrain | sft | qat | export | eval | device_profile
+PIPELINE_RUN = "mobilemoe.pipeline_run_id"  # the parent run
+CHECKPOINT_SHA256 = "mobilemoe.checkpoint_sha256"  # output checkpoint (manifest digest)
+INPUT_CHECKPOINT_SHA256 = "mobilemoe.input_checkpoint_sha256"
+INPUT_RUN_ID = "mobilemoe.input_run_id"  # the run that made the input checkpoint/artifact
+DATA_VERSION = "mobilemoe.data_version"  # JSON {dvc output path: md5} from dvc.lock
+DATA_VERSION_SHA256 = "mobilemoe.data_version_sha256"  # one digest of DATA_VERSION
+GIT_COMMIT = "mobilemoe.git_commit"
+GIT_DIRTY = "mobilemoe.git_dirty"  # "true" when uncommitted changes were present
+CODE_VERSION = "mobilemoe.code_version"  # sha256 of the library sources that ran
+METAFLOW_PATHSPEC = "mobilemoe.metaflow_pathspec"
+PARAMS_SHA256 = "mobilemoe.params_sha256"  # digest of the whole params.yaml in effect
+CACHE_KEY = "mobilemoe.cache_key"  # stage cache key (params + inputs + code)
+REUSED_FROM_RUN = "mobilemoe.reused_from_run_id"  # set when a cached output was reused
+PTE_SHA256 = "mobilemoe.pte_sha256"
+MODEL_ID = "mobilemoe.logged_model_id"  # the LoggedModel (e.g. the .pte) a run is about
+
+ALL_TAGS = [v for k, v in dict(globals()).items() if isinstance(v, str) and v.startswith(TAG_PREFIX)
+            and k.isupper() and k != "TAG_PREFIX"]
+
+
+def project_root() -> Path:
+    from .config import project_root as root
+
+    return root()
+
+
+def tracking_uri(params=None, root: Optional[Path] = None) -> str:
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    if params is not None and params.tracking.uri:
+        return params.tracking.uri
+    root = root or project_root()
+    (root / ".mlflow").mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / '.mlflow' / 'mlflow.db'}"
+
+
+def _redact(uri: str) -> str:
+    """Never show credentials embedded in a URI."""
+    if "://" in uri and "@" in uri.split("://", 1)[1].split("/", 1)[0]:
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return uri
+
+
+class Tracker:
+    """Thin wrapper over ``MlflowClient`` for the pipeline's runs."""
+
+    def __init__(self, params=None, root: Optional[Path] = None):
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        from mlflow import MlflowClient
+
+        self.root = Path(root) if root else project_root()
+        self.uri = tracking_uri(params, self.root)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        name = params.tracking.experiment if params is not None else "mobilemoe"
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            location = None
+            if self.uri.startswith("sqlite:"):
+                location = (self.root / ".mlflow" / "artifacts").as_uri()
+            try:
+                self.experiment_id = self.client.create_experiment(name, artifact_location=location)
+            except Exception:  # created concurrently by a sibling step
+                self.experiment_id = self.client.get_experiment_by_name(name).experiment_id
+        else:
+            self.experiment_id = exp.experiment_id
+
+    def __repr__(self) -> str:
+        return f"Tracker({_redact(self.uri)}, experiment={self.experiment_id})"
+
+    # -- runs --------------------------------------------------------------------------
+    def start_run(self, name: str, tags: dict[str, str], parent_run_id: Optional[str] = None) -> str:
+        tags = {k: str(v) for k, v in tags.items() if v is not None}
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+            tags.setdefault(PIPELINE_RUN, parent_run_id)
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        return run.info.run_id
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            if v is not None:
+                self.client.set_tag(run_id, k, str(v))
+
+    def log_params(self, run_id: str, flat: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_value(v)) for k, v in sorted(flat.items())]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: Optional[int] = None,
+                    model_id: Optional[str] = None) -> None:
+        for k, v in metrics.items():
+            if v is None:
+                continue
+            self.client.log_metric(run_id, k, float(v), step=step or 0, model_id=model_id)
+
+    def log_history(self, run_id: str, history: Iterable[dict[str, Any]], step_key: str = "step") -> None:
+        """Log a list of metric dicts (each with a step) as metric curves, in batches."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = []
+        for row in history:
+            step = int(row.get(step_key, 0))
+            for k, v in row.items():
+                if k == step_key or not isinstance(v, (int, float)) or isinstance(v, bool):
+                    continue
+                batch.append(Metric(k, float(v), now, step))
+        for i in range(0, len(batch), 500):
+            self.client.log_batch(run_id, metrics=batch[i:i + 500])
+
+    def log_artifacts(self, run_id: str, path: str | os.PathLike, artifact_path: Optional[str] = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_dict(self, run_id: str, obj: Any, name: str) -> None:
+        self.client.log_dict(run_id, obj, name)
+
+    # -- lookups -------------------------------------------------------------------------
+    def get_run(self, run_id: str):
+        return self.client.get_run(run_id)
+
+    def find_runs(self, tags: dict[str, str], max_results: int = 50):
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        return self.client.search_runs([self.experiment_id], filter_string=query,
+                                       max_results=max_results, order_by=["attributes.start_time DESC"])
+
+
+def _param_value(v: Any) -> str:
+    s = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    return s if len(s) <= 6000 else s[:5990] + "..."
+
+
+# --- code and data identity -----------------------------------------------------------
+def git_info(root: Optional[Path] = None) -> dict[str, str]:
+    root = root or project_root()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {GIT_COMMIT: "unknown", GIT_DIRTY: "unknown"}
+    return {GIT_COMMIT: commit or "unknown", GIT_DIRTY: "true" if dirty else "false"}
+
+
+def code_version(root: Optional[Path] = None) -> str:
+    """sha256 over the library's Python sources (what actually ran, committed or not)."""
+    import hashlib
+
+    root = root or project_root()
+    h = hashlib.sha256()
+    for pkg in ("mobilemoe", "device_lab"):
+        for p in sorted((root / pkg).rglob("*.py")):
+            h.update(p.relative_to(root).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def data_version_tags(version: dict[str, str]) -> dict[str, str]:
+    import hashlib
+
+    text = json.dumps(version, sort_keys=True)
+    return {DATA_VERSION: text if len(text) < 4900 else text[:4890] + "...",
+            DATA_VERSION_SHA256: hashlib.sha256(text.encode()).hexdigest()}
