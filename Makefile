@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 setup: $(STAMP)
 
 $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml scripts/setup_venv.sh
-	PYTHON=$(PYTHON) bash scripts/setup_venv.sh
+	PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" bash scripts/setup_venv.sh
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

@@ -13,10 +13,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 pip_q install -U "pip==26.3" "setuptools==84.2.1" "wheel==0.48.0"
 # The lock is complete, so no resolution is needed (--no-deps keeps pip from pulling a
-# CUDA torch). TORCH_SPEC lets a GPU install swap the torch line (see README).
+# CUDA torch on a CPU machine). On a GPU machine TORCH_SPEC installs torch with its CUDA
+# dependencies first, e.g. (README, "GPU install"):
+#   make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 if [ -n "${TORCH_SPEC:-}" ]; then
     grep -v '^torch==' requirements.lock > .venv/requirements.nogpu.txt
-    pip_q install --no-deps ${TORCH_SPEC}
+    # shellcheck disable=SC2086  # TORCH_SPEC is a list of pip arguments
+    pip_q install ${TORCH_SPEC}
     pip_q install --no-deps -r .venv/requirements.nogpu.txt
 else
     pip_q install --no-deps -r requirements.lock
