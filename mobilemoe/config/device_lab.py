@@ -1,23 +1,59 @@
-"""The ``device_lab`` section: where profiling jobs go and what they measure."""
+"""The ``device_lab`` section: where profiling jobs go and what they measure.
+
+The flow's ``device_profile`` step turns this into one device-lab job
+(``mobilemoe.device_profile``); the protocol itself lives in ``device_lab.schema``.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .base import positive
+from .base import fail, positive, require
 
 
 @dataclass
 class DeviceLabConfig:
-    queue: Optional[str] = None  # file://... or s3://bucket/prefix; null = local folder + own runner
-    backend: str = "local-cpu"
-    prompt_lengths: list[int] = field(default_factory=lambda: [32, 128])
-    decode_tokens: int = 32
-    repeats: int = 3
-    warmup: int = 1
-    threads: int = 1
-    timeout_s: float = 600.0
+    # file:///abs/folder or s3://bucket/prefix of a lab's queue (its runners live next to
+    # the devices); null = a local folder queue in the stage's work folder, served for
+    # the step's duration by a runner started in-process on this machine's CPU.
+    queue: Optional[str] = None
+    # S3 endpoint for an s3:// queue (e.g. http://127.0.0.1:8333); null = from the
+    # environment (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL) or AWS itself. Credentials
+    # never go here: boto3 reads them from the environment / AWS config files.
+    endpoint_url: Optional[str] = None
+    backend: str = "local-cpu"  # what runs the program: local-cpu, or a lab's phone backend
+    prompt_lengths: list[int] = field(default_factory=lambda: [32, 128])  # tokens, exact
+    decode_tokens: int = 32  # new tokens per run (the first one ends the prefill)
+    repeats: int = 3  # measured runs per prompt length (results are medians)
+    warmup: int = 1  # unrecorded runs per prompt length first
+    threads: int = 1  # runtime threads on the device
+    timeout_s: float = 600.0  # how long the step waits; also the job's deadline to start
+    poll_s: float = 1.0  # how often the step looks for the result
 
     def validate(self, key: str) -> None:
-        positive(self, key, "decode_tokens", "repeats", "threads", "timeout_s")
+        from device_lab.schema import ProtocolError, parse_queue_uri
+
+        positive(self, key, "decode_tokens", "repeats", "threads", "timeout_s", "poll_s")
+        require(self.decode_tokens >= 2, f"{key}.decode_tokens",
+                f"must be >= 2 (decode speed needs tokens after the first), got {self.decode_tokens}")
+        require(self.warmup >= 0, f"{key}.warmup", f"must be >= 0, got {self.warmup}")
+        require(bool(self.prompt_lengths), f"{key}.prompt_lengths", "must list at least one length")
+        require(all(n > 0 for n in self.prompt_lengths), f"{key}.prompt_lengths",
+                f"lengths must be > 0, got {self.prompt_lengths}")
+        require(len(set(self.prompt_lengths)) == len(self.prompt_lengths),
+                f"{key}.prompt_lengths", f"lengths must be unique, got {self.prompt_lengths}")
+        require(re.fullmatch(r"[a-z0-9][a-z0-9-]{0,63}", self.backend) is not None,
+                f"{key}.backend", f"{self.backend!r} is not a backend name (e.g. local-cpu)")
+        if self.queue is not None:
+            try:
+                parse_queue_uri(self.queue, f"{key}.queue")
+            except ProtocolError as e:
+                fail(f"{key}.queue", str(e).split(": ", 1)[-1])
+        if self.endpoint_url is not None:
+            require(re.match(r"^https?://", self.endpoint_url) is not None,
+                    f"{key}.endpoint_url", f"must be an http(s) URL, got {self.endpoint_url!r}")
+            require("@" not in self.endpoint_url.split("//", 1)[-1].split("/", 1)[0],
+                    f"{key}.endpoint_url", "contains credentials (user:password@host); give "
+                    "them through AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY instead")

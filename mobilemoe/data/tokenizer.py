@@ -1,5 +1,9 @@
 """Byte-level BPE tokenizer: training, loading, chat encoding.
 
+    tok = train_tokenizer(texts, vocab_size=4096)     # the tokenizer stage (data.tokenizer.*)
+    tok.save("data/tokenizer.json"); tok = load_tokenizer("data/tokenizer.json", 4096)
+    ids, loss_mask = encode_chat(tok, "Hi?", "Hello.")
+
 The special tokens of ``mobilemoe.tokens`` take ids 0..5 for every vocabulary size.
 The saved ``tokenizer.json`` loads with ``tokenizers`` and with ExecuTorch's
 ``pytorch_tokenizers`` (its HF tokenizer support), so the exported program's runner
@@ -8,6 +12,7 @@ reads the very file training used.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Iterable
@@ -16,20 +21,33 @@ from ..errors import UserError
 from ..tokens import BOS_ID, EOS_ID, SPECIAL_TOKENS, format_chat
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int):
+def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2):
     """Train a byte-level BPE with ``vocab_size`` ids in all (specials included)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+    floor = len(SPECIAL_TOKENS) + 256  # the specials and the 256 byte symbols
+    if vocab_size <= floor:
+        raise UserError(f"model.vocab_size: {vocab_size} leaves no room for merges; a byte-level "
+                        f"BPE needs more than {floor} ids")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), min_frequency=2)
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), min_frequency=min_frequency)
     tok.train_from_iterator(texts, trainer=trainer)
     for i, name in enumerate(SPECIAL_TOKENS):
-        assert tok.token_to_id(name) == i, "special tokens must take ids 0..5"
+        if tok.token_to_id(name) != i:  # not an assert: it must hold under python -O too
+            raise RuntimeError(f"special token {name} got id {tok.token_to_id(name)}, not {i}")
     return tok
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def load_tokenizer(path: str | os.PathLike, vocab_size: int | None = None):
