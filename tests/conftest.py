@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))  # tests/s3_server.py and friends
+sys.path.append(str(Path(__file__).parent))  # tests/s3_server.py (after the real packages)
 
 # Metaflow refuses to run as root without a user name (CI runs as root with no $USER).
 os.environ.setdefault("USERNAME", "mobilemoe-test")

@@ -59,6 +59,15 @@ class Params:
             if cfg.seq_len > self.model.max_seq_len:
                 fail(f"{stage}.seq_len", f"{cfg.seq_len} is longer than model.max_seq_len="
                      f"{self.model.max_seq_len}")
+        ctx = self.export.max_seq_len or self.model.max_seq_len
+        if self.export.max_seq_len and self.export.max_seq_len > self.model.max_seq_len:
+            fail("export.max_seq_len", f"{self.export.max_seq_len} is longer than "
+                 f"model.max_seq_len={self.model.max_seq_len}")
+        lab = self.device_lab
+        if lab.prompt_lengths and max(lab.prompt_lengths) + lab.decode_tokens > ctx:
+            fail("device_lab.prompt_lengths", f"longest prompt {max(lab.prompt_lengths)} + "
+                 f"decode_tokens {lab.decode_tokens} exceeds the exported context {ctx} "
+                 "(export.max_seq_len, else model.max_seq_len)")
         # INT4 groups run along each linear's input dim: every input width must split into
         # whole groups (the routed experts' down projection reads expert_hidden inputs).
         m, g = self.model, self.qat.group_size

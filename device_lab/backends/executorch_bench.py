@@ -1,0 +1,170 @@
+"""The ``local-cpu`` benchmark child: run a ``.pte`` with ExecuTorch's LLM runner.
+
+Started by :class:`LocalCpuBackend` as ``python -m device_lab.backends.executorch_bench
+--spec spec.json --out out.json``; never run by hand. For each prompt length N it builds
+a prompt of exactly N tokens (checked against the runtime's own count), runs ``warmup``
+unrecorded and ``repeats`` recorded generations of ``decode_tokens`` new tokens, greedy,
+resetting the KV cache between runs, and reports:
+
+* prefill tok/s = N / (time from ``generate`` to the first token callback),
+* decode tok/s  = (tokens after the first) / (time from the first to the last callback),
+  timed with ``perf_counter`` in this process (ExecuTorch's own stats, kept per repeat in
+  ``raw``, tick in whole milliseconds: too coarse for small programs),
+* load_s = runner construction + the runtime's method load,
+* peak_rss_bytes = this process's peak RSS (VmHWM); baseline_rss_bytes = its RSS before
+  loading the program (interpreter + runtime libraries).
+
+Medians over repeats per prompt length; ``decode_tok_per_s`` is the median over all runs.
+A program that ends generation early (an EOS) reports the tokens it actually made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+
+from . import BackendError, child_main, peak_rss_bytes, rss_now_bytes
+
+# Neutral English text for prompts (tokens of real words route like real text would).
+_TEXT = (
+    "The river runs past the old mill and under the stone bridge before it reaches the "
+    "town. In spring the water is high and fast, and children watch the boats from the "
+    "bank while their parents buy bread at the market. A small library stands near the "
+    "square; its windows face the hills, where farmers grow wheat, apples and grapes. "
+    "Every evening the baker closes his shop, counts the coins in a wooden box, and walks "
+    "home along the river with a lamp in his hand. The town council meets on Mondays to "
+    "discuss roads, schools, water and the price of grain, and the notes of each meeting "
+    "are kept in the library for anyone who wants to read them. Travellers often stop for "
+    "a night at the inn, tell stories of distant cities, and leave early the next morning."
+)
+_FILLERS = (" the", " a", " and", " of", " to", " in", " is", " it", " on", " at", " be")
+
+
+def exact_prompt(tok, n_tokens: int) -> str:
+    """Real text that encodes to exactly ``n_tokens`` tokens with ``tok`` (no specials)."""
+    def count(text: str) -> int:
+        return len(tok.encode(text, add_special_tokens=False).ids)
+
+    filler = next((f for f in _FILLERS if count(f) == 1 and count(f * 3) == 3), None)
+    text = _TEXT
+    while count(text) < n_tokens:
+        text = text + " " + _TEXT
+    # Cut at pre-token boundaries (BPE never merges across them), then top up with a
+    # one-token word; the final full encode is the check.
+    pieces = tok.pre_tokenizer.pre_tokenize_str(text) if tok.pre_tokenizer else [(text, (0, len(text)))]
+    have, end = 0, 0
+    for _, (start, stop) in pieces:
+        k = count(text[start:stop])
+        if have + k > n_tokens:
+            break
+        have, end = have + k, stop
+    prompt = text[:end] + (filler or "") * (n_tokens - have)
+    if count(prompt) != n_tokens and filler:
+        prompt = filler.lstrip() + filler * (n_tokens - 1)
+    if count(prompt) != n_tokens:
+        raise BackendError(f"could not build a prompt of exactly {n_tokens} tokens with this "
+                           "tokenizer")
+    return prompt
+
+
+def _one_run(runner, GenerationConfig, prompt: str, decode_tokens: int, warm: bool) -> dict:
+    stamps: list[float] = []
+    stats: list[str] = []
+    config = GenerationConfig(max_new_tokens=decode_tokens, temperature=0.0, echo=False,
+                              warming=warm, num_bos=0, num_eos=0)
+    t0 = time.perf_counter()
+    runner.generate(prompt, config, token_callback=lambda _s: stamps.append(time.perf_counter()),
+                    stats_callback=lambda s: stats.append(s.to_json_string()))
+    runner.reset()  # KV cache position back to 0 for the next run
+    et = json.loads(stats[-1]) if stats else {}
+    if not stamps:
+        raise BackendError("the runtime generated no token")
+    n_decode = len(stamps) - 1
+    decode_s = stamps[-1] - stamps[0]
+    return {"prefill_s": stamps[0] - t0, "decode_s": decode_s, "decode_tokens": n_decode,
+            "decode_tok_per_s": n_decode / decode_s if n_decode and decode_s > 0 else None,
+            "runtime_stats": et}
+
+
+def bench(spec: dict) -> dict:
+    threads = int(spec["threads"])
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise BackendError("the local-cpu backend needs the `tokenizers` package") from None
+    try:
+        tok = Tokenizer.from_file(spec["tokenizer"])
+    except Exception as e:  # tokenizers raises a bare Exception
+        raise BackendError(f"the tokenizer is not a Hugging Face tokenizer.json ({e}); "
+                           "local-cpu builds prompts of exact token counts with it") from None
+    prompts = {n: exact_prompt(tok, n) for n in spec["prompt_lengths"]}
+
+    import torch  # noqa: F401  (loads libtorch, which the runtime's extensions link against)
+
+    try:  # the extension itself: portable_lib would first import all of executorch.exir (~5 s)
+        from executorch.extension.pybindings import _C as pybind
+    except ImportError:
+        from executorch.extension.pybindings import portable_lib as pybind
+
+    pybind._unsafe_reset_threadpool(threads)  # ExecuTorch's own pool ignores OMP settings
+    try:
+        import executorch.kernels.quantized  # noqa: F401  (INT4 embedding kernels, STACK.md)
+    except ImportError:
+        pass
+    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+
+    baseline = rss_now_bytes()
+    t0 = time.perf_counter()
+    try:
+        runner = TextLLMRunner(spec["program"], spec["tokenizer"])
+    except RuntimeError as e:
+        raise BackendError(f"ExecuTorch could not load the program ({e}); it must be an "
+                           "LLM-convention .pte with metadata methods (get_max_seq_len, "
+                           "get_vocab_size, use_kv_cache, ...) and a matching tokenizer") from None
+    construct_s = time.perf_counter() - t0
+    load_s, runs = None, []
+    for n, prompt in prompts.items():
+        for i in range(spec["warmup"] + spec["repeats"]):
+            warm = i < spec["warmup"]
+            try:
+                run = _one_run(runner, GenerationConfig, prompt, spec["decode_tokens"], warm)
+            except RuntimeError as e:
+                raise BackendError(f"generation failed for a prompt of {n} tokens + "
+                                   f"{spec['decode_tokens']} new ({e}); does it fit the "
+                                   "program's context (get_max_context_len)?") from None
+            et = run["runtime_stats"]
+            if load_s is None:  # the method loads on the first generate
+                load_ms = et.get("model_load_end_ms", 0) - et.get("model_load_start_ms", 0)
+                load_s = construct_s + max(load_ms, 0) / 1000
+            if et.get("prompt_tokens", n) != n:
+                raise BackendError(f"the runtime's tokenizer made {et['prompt_tokens']} tokens of "
+                                   f"a prompt that has {n} with `tokenizers`: tokenizer mismatch")
+            if not warm:
+                runs.append({"prompt_tokens": n, "repeat": i - spec["warmup"],
+                             "prefill_tok_per_s": n / run["prefill_s"], **run})
+    prefill, decode_by = {}, {}
+    for n in prompts:
+        mine = [r for r in runs if r["prompt_tokens"] == n]
+        prefill[str(n)] = statistics.median(r["prefill_tok_per_s"] for r in mine)
+        rates = [r["decode_tok_per_s"] for r in mine if r["decode_tok_per_s"]]
+        if rates:
+            decode_by[str(n)] = statistics.median(rates)
+    all_rates = [r["decode_tok_per_s"] for r in runs if r["decode_tok_per_s"]]
+    if not all_rates:
+        raise BackendError("every run stopped at an end-of-sequence token before a second "
+                           "token: no decode speed to measure")
+    return {
+        "load_s": load_s, "prefill_tok_per_s": prefill, "decode_tok_per_s_by_prompt": decode_by,
+        "decode_tok_per_s": statistics.median(all_rates),
+        "peak_rss_bytes": peak_rss_bytes(), "baseline_rss_bytes": baseline,
+        "raw": {"runs": runs, "pid": os.getpid(), "construct_s": construct_s,
+                "threads": pybind._threadpool_get_thread_count(),
+                "timing": "perf_counter around ExecuTorch TextLLMRunner token callbacks"},
+    }
+
+
+if __name__ == "__main__":
+    child_main(bench)

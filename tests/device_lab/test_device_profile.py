@@ -1,0 +1,66 @@
+"""``mobilemoe.device_profile``: the flow's profiling step as a function, embedded runner."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from mobilemoe.config import load_preset
+from mobilemoe.config.base import ConfigError
+from mobilemoe.device_profile import (DeviceProfileTimeout, plot_tok_per_s, profile_metrics,
+                                      run_device_profile)
+
+
+def test_embedded_lab_profiles_the_program(tmp_path, llm_pte, tokenizer_file):
+    params = load_preset("smoke", ["device_lab.prompt_lengths=[8, 32]", "device_lab.decode_tokens=4",
+                                   "device_lab.poll_s=0.1"])
+    result = run_device_profile(params, llm_pte, tokenizer_file, tmp_path, labels={"stage": "export"})
+    assert result["status"] == "ok", result["reason"]
+    assert set(result["prefill_tok_per_s"]) == {"8", "32"} and result["decode_tok_per_s"] > 0
+    assert result["labels"] == {"stage": "export"}
+    # The child's own peak, not this (much bigger) process's size inherited at fork: the
+    # tiny program adds a few MB over the interpreter and runtime libraries.
+    assert 0 < result["peak_rss_bytes"] - result["baseline_rss_bytes"] < 64 * 2**20
+    assert not [t for t in threading.enumerate() if t.name == "device-lab-local-runner"]
+    assert (tmp_path / "device_lab" / "queue" / "results").is_dir()
+
+    metrics = profile_metrics(result)
+    assert set(metrics) == {"device_decode_tok_per_s", "device_prefill_tok_per_s_8",
+                            "device_prefill_tok_per_s_32", "device_load_s", "device_peak_rss_bytes",
+                            "device_program_rss_bytes"}
+    assert metrics["device_prefill_tok_per_s_8"] == result["prefill_tok_per_s"]["8"]
+
+    fig = plot_tok_per_s(result)
+    (ax,) = fig.axes
+    assert [line.get_label() for line in ax.get_lines()] == ["prefill", "decode"]
+    assert list(ax.get_lines()[0].get_xdata()) == [8, 32]
+    fig.savefig(tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_bad_settings_and_no_runner(tmp_path, fake_pte, small_tokenizer):
+    too_long = load_preset("smoke", ["device_lab.prompt_lengths=[120]", "device_lab.decode_tokens=16"])
+    with pytest.raises(ConfigError, match="do not fit the program's context"):
+        run_device_profile(too_long, fake_pte, small_tokenizer, tmp_path)
+    phone = load_preset("smoke", ["device_lab.backend=android-adb"])
+    with pytest.raises(ConfigError, match="device_lab.backend: 'android-adb' cannot run"):
+        run_device_profile(phone, fake_pte, small_tokenizer, tmp_path)
+    nobody = load_preset("smoke", [f"device_lab.queue=file://{tmp_path}/lab", "device_lab.timeout_s=0.3",
+                                   "device_lab.poll_s=0.05"])
+    with pytest.raises(DeviceProfileTimeout, match="--result j-"):
+        run_device_profile(nobody, fake_pte, small_tokenizer, tmp_path)
+    with pytest.raises(ConfigError, match="device_lab.queue"):
+        load_preset("smoke", ["device_lab.queue=s3://key:secret@bucket/q"])
+    assert profile_metrics({"status": "rejected"}) == {}
+    assert plot_tok_per_s({"status": "error", "reason": "boom"}).axes
+
+
+@pytest.mark.slow
+def test_embedded_lab_profiles_an_xnnpack_program(tmp_path, llm_pte_xnnpack, tokenizer_file):
+    """The delegated program (what the exporter ships), with the smoke preset's settings."""
+    params = load_preset("smoke", ["device_lab.poll_s=0.1", "device_lab.repeats=3"])
+    result = run_device_profile(params, llm_pte_xnnpack, tokenizer_file, tmp_path)
+    assert result["status"] == "ok", result["reason"]
+    assert set(result["prefill_tok_per_s"]) == {"16"} and result["decode_tok_per_s"] > 0
+    print("xnnpack smoke profile:", profile_metrics(result))
