@@ -70,7 +70,7 @@ class SeaweedS3:
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
         self.log = open(self.workdir / "weed.log", "wb")
         self.proc = subprocess.Popen(
-            [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            [weed, f"-logdir={self.workdir}", "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
              f"-master.port={ports[1]}", f"-volume.port={ports[2]}", f"-filer.port={ports[3]}",
              "-s3", f"-s3.port={self.port}", f"-s3.config={conf}",
              "-volume.max=100", "-master.volumeSizeLimitMB=64"],
