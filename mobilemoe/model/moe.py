@@ -62,7 +62,12 @@ class Router(nn.Module):
     def forward(self, x_TD: torch.Tensor) -> Routing:
         cfg = self.cfg
         # F.linear (not a matmul on a transposed view) so XNNPACK can take it when exported.
-        logits_TE = F.linear(x_TD.float(), self.weight.float())
+        # Routing decisions stay in fp32 under bf16 autocast (near-ties would flip in bf16).
+        if torch.is_autocast_enabled(x_TD.device.type):
+            with torch.autocast(x_TD.device.type, enabled=False):
+                logits_TE = F.linear(x_TD.float(), self.weight.float())
+        else:
+            logits_TE = F.linear(x_TD.float(), self.weight.float())
         if cfg.router == "sigmoid":
             scores_TE = torch.sigmoid(logits_TE)
             _, topk_idx_TK = torch.topk(scores_TE + self.expert_bias, cfg.top_k, dim=-1)
@@ -160,7 +165,8 @@ class RoutedExperts(nn.Module):
         # allocate a zero gradient of the whole (S, H) tensor.
         out = [F.linear(h_nH, w2_e[e]) for e, h_nH in enumerate(h_SH.split(counts)) if counts[e]]
         y_SD = torch.cat(out)
-        return torch.zeros_like(x_TD).index_add_(0, token_S, y_SD)
+        # Under autocast the expert outputs are bf16 while the residual stream is fp32.
+        return torch.zeros_like(x_TD).index_add_(0, token_S, y_SD.to(x_TD.dtype))
 
 
 class StaticExperts(nn.Module):
