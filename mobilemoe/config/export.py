@@ -1,4 +1,8 @@
-"""The ``export`` section: the ExecuTorch program."""
+"""The ``export`` section: the ExecuTorch program (``mobilemoe.export.export_pte``).
+
+    export_pte(qat_checkpoint, out, quantize=params.export.quantize,
+               max_seq_len=params.export.max_seq_len)
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,11 @@ from .base import positive
 
 @dataclass
 class ExportConfig:
-    quantize: Literal["8da4w", "none"] = "8da4w"  # 8da4w = as trained in QAT; none = fp32
-    max_seq_len: Optional[int] = None  # KV-cache length; null = model.max_seq_len
+    # 8da4w = INT4 g32 weights + INT8 dynamic activations, as trained in QAT (needs the qat
+    # stage's checkpoint); none = fp32 program
+    quantize: Literal["8da4w", "none"] = "8da4w"
+    # KV-cache slots of the program (prompt + generated tokens); null = model.max_seq_len
+    max_seq_len: Optional[int] = None
 
     def validate(self, key: str) -> None:
         positive(self, key, "max_seq_len")

@@ -1,0 +1,248 @@
+"""The model in the form the exporter traces: the same computation, in operators XNNPACK takes.
+
+    program_model = ExportableMobileMoE(model, max_context_len=256)   # model: static experts
+    logits_BTV = program_model(tokens_1T, input_pos_T)                # prefill and decode
+
+A source transform (as ExecuTorch's llama export swaps modules before export), built from
+a ``MobileMoE`` whose experts are ``StaticExperts`` (float, or quantized by
+:func:`mobilemoe.quant.convert_qat`); it shares that model's weights. Why each piece
+differs from the training modules (every difference is numerically neutral or a change of
+summation order; the parity tests hold the program to the eager model):
+
+* XNNPACK rejects reshapes with symbolic sizes, slices and splits of a dynamic dim, and
+  ``mean`` except a 4-D mean over dims (2, 3): batch is 1, every reshape names at most one
+  inferred (-1) dim, RMSNorm averages a ``[N, 1, 1, D]`` view, RoPE's rotate-half is a
+  matmul with a signed permutation (exact: one +-1 per column), and the fused gate/up
+  linears are split into two linears (rows, so INT4 groups and the per-token INT8
+  activation quantization are unchanged).
+* Attention is written as batched matmuls over the KV heads: grouped query heads are
+  folded into the row dim (GQA without copying K/V), K is cached transposed
+  ``[KV, hd, S]`` so no matmul transposes the cache, and the masks are additive biases
+  built once per call. Unwritten or stale slots are always masked; they hold finite
+  values (ExecuTorch zero-fills planned memory), so weights of exactly 0 never meet NaN.
+  (Attending to the call's own K/V before writing them would spare the split that the
+  cache write makes, but needs a concatenated V cache per call; measured: no faster.)
+* Routing keeps only ``topk`` and one ``scatter`` outside XNNPACK (no XNNPACK op exists).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..model.moe import MoEFeedForward, StaticExperts, SwiGLU
+from ..model.transformer import Attention, MobileMoE, RMSNorm
+
+
+class ExportRMSNorm(nn.Module):
+    """``norm(x)`` returned as ``out_shape`` (one -1), in ops XNNPACK takes (fp32 programs)."""
+
+    def __init__(self, norm: RMSNorm, out_shape: tuple[int, ...]):
+        super().__init__()
+        self.weight, self.eps, self.out_shape = norm.weight, norm.eps, tuple(out_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        D = x.shape[-1]
+        x4 = x.reshape(-1, 1, 1, D)  # the 4-D global average pool XNNPACK delegates
+        y4 = x4 * torch.rsqrt(x4.pow(2).mean((2, 3), keepdim=True) + self.eps)
+        return (y4 * self.weight).reshape(self.out_shape)
+
+
+def _rows(weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` of a linear weight, plain or torchao-quantized (groups run along rows)."""
+    from torchao.quantization import IntxUnpackedToInt8Tensor
+
+    if isinstance(weight, IntxUnpackedToInt8Tensor):
+        return IntxUnpackedToInt8Tensor(
+            weight.qdata.index_select(0, index), weight.scale.index_select(0, index),
+            weight.zero_point.index_select(0, index), weight.target_dtype, weight.block_size,
+            weight.dtype, weight.activation_quantization)
+    return weight.detach().index_select(0, index)
+
+
+def _linear_from_rows(linear: nn.Linear, index: torch.Tensor) -> nn.Linear:
+    out = nn.Linear(linear.in_features, len(index), bias=False, device="meta")
+    out.weight = nn.Parameter(_rows(linear.weight, index), requires_grad=False)
+    return out
+
+
+class GatedPair(nn.Module):
+    """``silu(gate(x)) * up(x)`` from a fused ``gate_up`` linear whose rows are grouped
+    ``[g_0 (H) | u_0 (H) | g_1 | u_1 ...]`` in blocks of ``hidden`` (SwiGLU: one block)."""
+
+    def __init__(self, gate_up: nn.Linear, hidden: int):
+        super().__init__()
+        n_rows = gate_up.out_features
+        block_B2H = torch.arange(n_rows).view(-1, 2, hidden)
+        self.gate = _linear_from_rows(gate_up, block_B2H[:, 0].reshape(-1))
+        self.up = _linear_from_rows(gate_up, block_B2H[:, 1].reshape(-1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(self.gate(x)) * self.up(x)
+
+
+class ExportSwiGLU(nn.Module):
+    def __init__(self, ffn: SwiGLU):
+        super().__init__()
+        self.pair = GatedPair(ffn.gate_up, ffn.hidden)
+        self.down = ffn.down
+
+    def forward(self, x_TD: torch.Tensor) -> torch.Tensor:
+        return self.down(self.pair(x_TD))
+
+
+class ExportMoE(nn.Module):
+    """``MoEFeedForward`` over ``StaticExperts``: every expert, gates on the hidden units.
+
+    Routing as ``Router`` computes it, arranged so only ``topk`` and one ``scatter`` (no
+    XNNPACK op exists for them) run outside XNNPACK, next to each other: the gates are the
+    router scores times a 0/1 mask of the chosen experts, renormalised with a matmul
+    (a row sum) instead of gather + sum, so the expert matmuls stay in the partition that
+    follows.
+    """
+
+    def __init__(self, ffn: MoEFeedForward):
+        super().__init__()
+        experts = ffn.experts
+        if not isinstance(experts, StaticExperts):
+            raise TypeError("export needs the fixed-shape experts: call model.use_static_experts()")
+        self.router = ffn.router  # weight (fp32) and expert_bias buffer, shared
+        cfg = ffn.router.cfg
+        self.kind, self.top_k = cfg.router, cfg.top_k
+        self.renormalize, self.route_scale = cfg.renormalize, cfg.route_scale
+        self.n_experts, self.hidden = experts.n_experts, experts.hidden
+        self.register_buffer("ones_1E", torch.ones(1, experts.n_experts), persistent=False)
+        self.pair = GatedPair(experts.gate_up, experts.hidden)
+        self.down = experts.down
+        self.shared = ExportSwiGLU(ffn.shared) if ffn.shared is not None else None
+
+    def gates(self, x_TD: torch.Tensor) -> torch.Tensor:
+        """(T, E) combine weights, zero for experts not chosen (``Router`` semantics)."""
+        logits_TE = F.linear(x_TD.float(), self.router.weight.float())
+        if self.kind == "sigmoid":
+            scores_TE = torch.sigmoid(logits_TE)
+            pick_TE = scores_TE + self.router.expert_bias  # the bias only picks (DeepSeek-V3)
+        else:
+            scores_TE = torch.softmax(logits_TE, dim=-1)
+            pick_TE = scores_TE
+        _, idx_TK = torch.topk(pick_TE, self.top_k, dim=-1)
+        chosen_TE = torch.zeros_like(scores_TE).scatter(1, idx_TK, 1.0)
+        gate_TE = scores_TE * chosen_TE
+        if self.renormalize:
+            gate_TE = gate_TE / (F.linear(gate_TE, self.ones_1E) + 1e-20)
+        return gate_TE * self.route_scale
+
+    def forward(self, x_TD: torch.Tensor) -> torch.Tensor:
+        E, H = self.n_experts, self.hidden
+        gate_TE = self.gates(x_TD).to(x_TD.dtype)
+        h_TEH = self.pair(x_TD).view(-1, E, H) * gate_TE.view(-1, E, 1)
+        y_TD = self.down(h_TEH.view(-1, E * H))
+        if self.shared is not None:
+            y_TD = y_TD + self.shared(x_TD)
+        return y_TD
+
+
+def _rotate_half_matrix(head_dim: int) -> torch.Tensor:
+    """R with ``F.linear(x, R) == cat(-x2, x1)`` (x = cat(x1, x2)): one +-1 per row."""
+    half = head_dim // 2
+    R = torch.zeros(head_dim, head_dim)
+    R[torch.arange(half), torch.arange(half) + half] = -1.0
+    R[torch.arange(half) + half, torch.arange(half)] = 1.0
+    return R
+
+
+class ExportAttention(nn.Module):
+    """``Attention`` with a static KV cache of ``max_context_len`` slots (batch 1): the
+    call's K/V are written at ``input_pos`` (portable ``index_put``), then every query
+    attends over all slots through the additive mask, as the eager model does."""
+
+    def __init__(self, attn: Attention, max_context_len: int):
+        super().__init__()
+        self.attn = attn  # its linears and norms (weights shared)
+        self.n_heads, self.n_kv_heads, self.head_dim = attn.n_heads, attn.n_kv_heads, attn.head_dim
+        self.window = attn.window
+        H, KV, hd, S = attn.n_heads, attn.n_kv_heads, attn.head_dim, max_context_len
+        self.q_norm = ExportRMSNorm(attn.q_norm, (1, -1, H, hd)) if attn.q_norm is not None else None
+        self.k_norm = ExportRMSNorm(attn.k_norm, (1, -1, KV, hd)) if attn.k_norm is not None else None
+        self.register_buffer("k_cache_T", torch.zeros(KV, hd, S), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(KV, S, hd), persistent=False)
+        self.register_buffer("rotate_half", _rotate_half_matrix(hd), persistent=False)
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return x * cos + F.linear(x, self.rotate_half) * sin
+
+    def forward(self, x_1TD, cos_1T1d, sin_1T1d, input_pos_T, bias_RS) -> torch.Tensor:
+        a = self.attn
+        H, KV, hd = self.n_heads, self.n_kv_heads, self.head_dim
+        rep = H // KV
+        q = a.wq(x_1TD).view(1, -1, H, hd)
+        k = a.wk(x_1TD).view(1, -1, KV, hd)
+        v = a.wv(x_1TD).view(1, -1, KV, hd)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self._rope(q, cos_1T1d, sin_1T1d), self._rope(k, cos_1T1d, sin_1T1d)
+        k_KdT = k.view(-1, KV, hd).permute(1, 2, 0)
+        v_KTd = v.view(-1, KV, hd).permute(1, 0, 2)
+        # Query head h reads KV head h // rep: rows (KV, rep * T) share one K/V matrix.
+        q_KRd = q.view(-1, KV, rep, hd).permute(1, 2, 0, 3).contiguous().view(KV, -1, hd) * hd ** -0.5
+        self.k_cache_T.index_copy_(2, input_pos_T, k_KdT)
+        self.v_cache.index_copy_(1, input_pos_T, v_KTd)
+        scores = torch.bmm(q_KRd, self.k_cache_T) + bias_RS  # (KV, rep*T, S)
+        out = torch.bmm(torch.softmax(scores, dim=-1), self.v_cache)  # (KV, rep*T, hd)
+        out = out.view(KV, rep, -1, hd).permute(2, 0, 1, 3).contiguous().view(1, -1, H * hd)
+        return a.wo(out)
+
+
+class ExportableMobileMoE(nn.Module):
+    """``forward(tokens [1, T], input_pos [T]) -> logits [1, T, V]`` with a static KV cache.
+
+    As the eager model with ``input_pos``: each call writes its K/V at its positions and a
+    query at position p sees slots 0..p, so a new sequence simply starts again at 0.
+    """
+
+    def __init__(self, model: MobileMoE, max_context_len: int):
+        super().__init__()
+        cfg = model.cfg
+        D = cfg.d_model
+        self.cfg, self.max_context_len = cfg, max_context_len
+        self.rep = cfg.n_heads // cfg.n_kv_heads
+        self.tok_embeddings, self.output = model.tok_embeddings, model.output
+        self.norm = ExportRMSNorm(model.norm, (1, -1, D))
+        self.attn_norms = nn.ModuleList(ExportRMSNorm(b.attn_norm, (1, -1, D)) for b in model.layers)
+        self.ffn_norms = nn.ModuleList(ExportRMSNorm(b.ffn_norm, (-1, D)) for b in model.layers)
+        self.attns = nn.ModuleList(ExportAttention(b.attn, max_context_len) for b in model.layers)
+        self.ffns = nn.ModuleList(ExportMoE(b.ffn) if isinstance(b.ffn, MoEFeedForward)
+                                  else ExportSwiGLU(b.ffn) for b in model.layers)
+        self.register_buffer("inv_freq", model.inv_freq.detach().clone(), persistent=False)
+        self.register_buffer("k_pos", torch.arange(max_context_len), persistent=False)
+
+    def _bias(self, input_pos_T: torch.Tensor, window) -> torch.Tensor:
+        """Additive mask (rep*T, S): 0 where a query may attend, -inf elsewhere (unwritten
+        and stale slots are beyond the query's position: always masked)."""
+        q_T1 = input_pos_T.unsqueeze(1)
+        seen_TS = self.k_pos.unsqueeze(0) <= q_T1
+        if window is not None:
+            seen_TS = seen_TS & ((q_T1 - self.k_pos.unsqueeze(0)) < window)
+        # Query rows are (rep, T) per KV head: the same mask repeated per group member.
+        return torch.where(seen_TS, 0.0, float("-inf")).repeat(self.rep, 1)
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        D = self.cfg.d_model
+        freqs_Td = input_pos.float().unsqueeze(1) * self.inv_freq
+        hd = freqs_Td.shape[-1] * 2
+        cos = torch.cat((freqs_Td.cos(), freqs_Td.cos()), dim=-1).view(1, -1, 1, hd)
+        sin = torch.cat((freqs_Td.sin(), freqs_Td.sin()), dim=-1).view(1, -1, 1, hd)
+        biases = {}
+        h = self.tok_embeddings(tokens)
+        for attn_norm, attn, ffn_norm, ffn in zip(self.attn_norms, self.attns, self.ffn_norms, self.ffns):
+            if attn.window not in biases:
+                biases[attn.window] = self._bias(input_pos, attn.window)
+            h = h + attn(attn_norm(h), cos, sin, input_pos, biases[attn.window])
+            h = h + ffn(ffn_norm(h)).view(1, -1, D)
+        return self.output(self.norm(h))
+
+    def reset_cache(self) -> None:
+        for attn in self.attns:
+            attn.k_cache_T.zero_()
+            attn.v_cache.zero_()

@@ -1,0 +1,135 @@
+"""``export_pte``: a checkpoint in, ``model.pte`` + ``tokenizer.json`` + ``export_report.json`` out.
+
+    report = export_pte("runs/qat/final", "out/export")                 # INT4 8da4w (QAT)
+    report = export_pte("runs/sft/final", "out/fp32", quantize="none")  # fp32 program
+
+Runs the chain of :mod:`mobilemoe.export.program`, then loads the written program with the
+ExecuTorch runtime and checks it against the eager model (:mod:`mobilemoe.export.parity`).
+Files are written atomically (a temporary name, then ``os.replace``); the old report is
+removed first and the new one written last, so a folder with ``export_report.json`` holds
+a complete export that matches it. Other files in the folder are never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from ..checkpoint import sha256_file
+from .program import (ExportError, export_program, load_source, lower, operator_report,
+                      program_metadata, to_executorch)
+
+PTE, TOKENIZER, REPORT = "model.pte", "tokenizer.json", "export_report.json"
+REPORT_FORMAT = 1
+PARITY_PROMPTS, PARITY_NEW_TOKENS = 3, 16  # a quick check at export; the tests run 5 x 32
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export_pte(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike,
+               quantize: str = "8da4w", max_seq_len: Optional[int] = None,
+               parity: bool = True, threads: Optional[int] = None) -> dict:
+    """Export a checkpoint; returns the report (also written to ``export_report.json``).
+
+    ``quantize``: "8da4w" (needs a QAT checkpoint) or "none" (fp32). ``max_seq_len``: KV-cache
+    slots of the program (default: the model's ``max_seq_len``). ``parity``: run the written
+    program against the eager model and record the numbers (seconds for small models).
+    ``threads``: ExecuTorch's thread pool size for that check (default: left as it is).
+    """
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    src = load_source(checkpoint_dir, quantize)
+    cfg = src.model.cfg
+    context = max_seq_len or cfg.max_seq_len
+    if not 2 <= context <= cfg.max_seq_len:
+        raise ExportError(f"max_seq_len: {context} must be in [2, model.max_seq_len="
+                          f"{cfg.max_seq_len}] (RoPE and training stop there)")
+    timings = {}
+    t = time.perf_counter()
+    exported = export_program(src.model, context)
+    timings["torch_export_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    edge = lower(exported, program_metadata(src, context))
+    timings["lower_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    program = to_executorch(edge)
+    pte_bytes = program.buffer
+    timings["serialize_s"] = time.perf_counter() - t
+    ops = operator_report(program)
+    export_s = time.perf_counter() - t0
+
+    out.mkdir(parents=True, exist_ok=True)
+    # The report goes first and comes back last: a folder with a report holds a complete,
+    # matching export, even if this one is interrupted half-way.
+    (out / REPORT).unlink(missing_ok=True)
+    _write_atomic(out / PTE, pte_bytes)
+    _write_atomic(out / TOKENIZER, src.tokenizer.read_bytes())
+    report = {
+        "format": REPORT_FORMAT,
+        "program": PTE, "program_bytes": len(pte_bytes), "program_sha256": sha256_file(out / PTE),
+        "tokenizer": TOKENIZER, "tokenizer_sha256": sha256_file(out / TOKENIZER),
+        "quantization": {"scheme": src.quantize, "group_size": src.group_size,
+                         "quantize_embedding": bool(src.qat and src.qat.quantize_embedding),
+                         # XNNPACK keeps INT4 group scales in bf16 (PAPER.md says fp16 scales)
+                         "weight_scale_dtype": "bf16 (XNNPACK)" if src.qat else None},
+        "source": {"checkpoint": str(src.checkpoint), "checkpoint_sha256": src.checkpoint_sha256,
+                   "stage": src.stage, "step": src.config.get("step"),
+                   "model": src.config.get("model", {}).get("name")},
+        "context": {"max_seq_len": context, "max_context_len": context},
+        "metadata": program_metadata(src, context),
+        "size": {"program_bytes": len(pte_bytes), **_accounted_bytes(cfg)},
+        "operators": ops,
+        "export_s": export_s, "timings": timings,
+        "versions": _versions(),
+    }
+    if parity:
+        from .parity import greedy_parity, sample_prompts
+        from .runtime import PteModel
+
+        t = time.perf_counter()
+        pte = PteModel(out / PTE, out / TOKENIZER, threads=threads)
+        n_new = min(PARITY_NEW_TOKENS, context // 2)  # prompt + new tokens fit the context
+        prompts = [p[:context - n_new] for p in sample_prompts(pte.tokenizer, PARITY_PROMPTS)]
+        report["parity"] = greedy_parity(src.model, pte, prompts, n_new, src.quantize)
+        report["parity"]["program_executions"] = pte.executions
+        timings["parity_s"] = time.perf_counter() - t
+    _write_atomic(out / REPORT, json.dumps(report, indent=1, sort_keys=True).encode())
+    return report
+
+
+def _accounted_bytes(cfg) -> dict:
+    """Weight bytes by the accounting module's formulas, to set the program size against."""
+    from ..model.accounting import account
+
+    acc = account(cfg, cfg.max_seq_len)
+    return {"fp32_weight_bytes": int(acc.total_params * 4),
+            "int4_weight_bytes_accounted": int(acc.int4_weight_bytes)}
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("torch", "executorch", "torchao"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
