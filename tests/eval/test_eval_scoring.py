@@ -1,0 +1,142 @@
+"""Log-likelihoods of the ``mobilemoe`` lm-eval model against direct forward passes."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from eval_helpers import instances
+
+from mobilemoe.eval.scoring import continuation_windows
+from mobilemoe.tokens import BOS_ID
+
+PAIRS = [
+    ("The capital of France is", " Paris"),
+    ("Question: Which technology was developed most recently?\nAnswer:", " cellular telephone"),
+    ("def add(a, b):\n   ", " return a + b"),
+    ("Answer: ", "yes"),                      # trailing space moves into the continuation
+    ("", "An empty context conditions on the BOS token."),
+]
+
+
+def direct_logprob(model, tok, context: str, continuation: str) -> float:
+    """Sum of log p(continuation tokens) from one plain forward pass, no harness code."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces and context:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    ctx = tok.encode(context, add_special_tokens=False).ids
+    whole = tok.encode(context + continuation, add_special_tokens=False).ids
+    cont = whole[len(ctx):]
+    seq = [BOS_ID] + whole
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([seq[:-1]])).float(), -1)[0]
+    first = len(seq) - 1 - len(cont)  # position whose logits predict the first cont token
+    return sum(logp[first + j, t].item() for j, t in enumerate(cont))
+
+
+def test_loglikelihood_equals_sum_of_direct_logprobs(smoke_lm):
+    got = smoke_lm.loglikelihood(instances("loglikelihood", PAIRS))
+    for (ctx, cont), (ll, greedy) in zip(PAIRS, got):
+        want = direct_logprob(smoke_lm.model, smoke_lm.tok, ctx, cont)
+        assert ll == pytest.approx(want, abs=1e-4), (ctx, cont)
+        assert ll < 0 and isinstance(greedy, bool)
+
+
+def _random_pairs(tok, n: int, seed: int = 0):
+    from pydoc_data.topics import topics
+
+    words = " ".join(list(topics.values())[:30]).split()
+    rnd = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        i = rnd.randrange(len(words) - 200)
+        ctx = " ".join(words[i:i + rnd.randint(1, 120)])
+        cont = " " + " ".join(words[i + 130:i + 130 + rnd.randint(1, 12)])
+        pairs.append((ctx, cont))
+    # Shared contexts with one-token answers share one row (as MMLU's A/B/C/D) ...
+    pairs += [("Question: pick one.\nAnswer:", f" {c}") for c in "ABCD"]
+    # ... and with answers of several tokens run the context once (the KV-cache path).
+    for k in range(5):
+        ctx = " ".join(words[k * 50:k * 50 + 10 + 7 * k])
+        pairs += [(ctx, " " + " ".join(words[900 + 13 * j:900 + 13 * j + j + 1])) for j in range(4)]
+    return pairs
+
+
+def test_batched_equals_unbatched(smoke_lm, monkeypatch):
+    pairs = _random_pairs(smoke_lm.tok, 40)
+    reqs = instances("loglikelihood", pairs)
+    prefilled = []
+    real = smoke_lm._prefill
+    monkeypatch.setattr(smoke_lm, "_prefill", lambda p, n: (prefilled.append(len(p)), real(p, n))[1])
+    old = smoke_lm.batch_size
+    try:
+        smoke_lm.batch_size = 1  # the reference: one plain forward per request
+        single = smoke_lm.loglikelihood(reqs)
+        assert not prefilled
+        smoke_lm.batch_size = 16
+        batched = smoke_lm.loglikelihood(reqs)
+    finally:
+        smoke_lm.batch_size = old
+    assert sum(prefilled) >= 5  # the five shared contexts (at least) ran once each
+    diffs = [abs(a[0] - b[0]) for a, b in zip(single, batched)]
+    assert max(diffs) < 1e-5
+    assert [a[1] for a in single] == [b[1] for b in batched]
+
+
+def test_long_context_truncated_from_the_left_and_counted(smoke_lm):
+    from mobilemoe.eval.lm_model import MobileMoELM
+
+    lm = MobileMoELM(checkpoint=str(smoke_lm.checkpoint), batch_size=4, device="cpu")
+    W = lm.max_length  # 128 for the smoke model
+    ctx_text = " ".join(f"word{i}" for i in range(400))
+    cont_text = " finally the end"
+    (ll, _), = lm.loglikelihood(instances("loglikelihood", [(ctx_text, cont_text)], "long"))
+    ctx = [BOS_ID] + lm.tok.encode(ctx_text, add_special_tokens=False).ids
+    whole = [BOS_ID] + lm.tok.encode(ctx_text + cont_text, add_special_tokens=False).ids
+    cont = whole[len(ctx):]
+    window = whole[-(W + 1):]  # lm-eval: keep the last max_length + 1 tokens
+    with torch.no_grad():
+        logp = torch.log_softmax(lm.model(torch.tensor([window[:-1]])).float(), -1)[0]
+    want = sum(logp[W - len(cont) + j, t].item() for j, t in enumerate(cont))
+    assert ll == pytest.approx(want, abs=1e-4)
+    assert lm.stats["truncated"]["long"] == 1 and lm.stats["requests"]["long"] == 1
+
+
+@pytest.mark.parametrize("n_ctx,n_cont", [(1, 1), (5, 128), (300, 10), (3, 129), (40, 400)])
+def test_continuation_windows_score_each_token_once_with_contiguous_context(n_ctx, n_cont):
+    W = 128
+    ctx, cont = list(range(1000, 1000 + n_ctx)), list(range(5000, 5000 + n_cont))
+    seq = ctx + cont
+    windows, truncated = continuation_windows(ctx, cont, W)
+    assert [t for w in windows for t in w.targets] == cont
+    assert truncated == (n_ctx + n_cont > W + 1)
+    end = n_ctx
+    for w in windows:
+        assert 1 <= len(w.inp) <= W and len(w.targets) <= len(w.inp)
+        start, end = end, end + len(w.targets)
+        # input followed by the last target is one contiguous slice ending at the targets
+        full = list(w.inp) + [w.targets[-1]]
+        assert seq[end - len(full):end] == full
+        if len(windows) > 1:  # long answers: each chunk sees >= half a window of context
+            assert len(w.inp) - len(w.targets) + 1 >= min(W // 2, start)
+
+
+def test_loglikelihood_rolling_equals_direct_sum_over_disjoint_windows(smoke_lm):
+    from pydoc_data.topics import topics
+
+    text = list(topics.values())[3][:1500]
+    (got,) = smoke_lm.loglikelihood_rolling(instances("loglikelihood_rolling", [(text,)]))
+    toks = smoke_lm.tok.encode(text, add_special_tokens=False).ids
+    W = smoke_lm.max_length
+    assert len(toks) > 2 * W  # several windows
+    seq = [BOS_ID] + toks  # seq[i + 1] is predicted from seq[:i + 1]
+    want = 0.0
+    for start in range(0, len(toks), W):  # disjoint blocks of W predicted tokens
+        end = min(start + W, len(toks))
+        lo = max(0, end - W)  # the input: the W tokens before each prediction's end
+        with torch.no_grad():
+            logp = torch.log_softmax(smoke_lm.model(torch.tensor([seq[lo:end]])).float(), -1)[0]
+        for i in range(start, end):  # predict toks[i] = seq[i + 1] from position i - lo
+            want += logp[i - lo, toks[i]].item()
+    assert got == pytest.approx(want, abs=1e-3)
