@@ -124,3 +124,125 @@ def bar_chart(card, title: str, labels: list[str], series: dict[str, list[float]
         ax.legend()
     fig.tight_layout()
     figure(card, fig)
+
+
+def export_card(card, ref: dict) -> None:
+    """The program: size against the accounted weights, operators, parity."""
+    import json
+    from pathlib import Path
+
+    report = json.loads(Path(ref["report_path"]).read_text())
+    markdown(card, "# export" + (" (reused from cache)" if ref.get("reused") else ""))
+    q = report.get("quantization", {})
+    size = report["size"]
+    markdown(card, f"`{ref['pte']}`: **{size['program_bytes'] / 2 ** 20:.2f} MiB** "
+                   f"({q.get('scheme')}, group {q.get('group_size')}; fp32 weights would be "
+                   f"{size['fp32_weight_bytes'] / 2 ** 20:.2f} MiB, INT4 accounting "
+                   f"{size['int4_weight_bytes_accounted'] / 2 ** 20:.2f} MiB). "
+                   f"LoggedModel `{ref.get('model_id')}`.")
+    ops = report.get("operators", {})
+    rows = [("delegated to XNNPACK (ops)", ops.get("delegated_ops")),
+            ("portable (ops)", ops.get("portable_ops")), ("partitions", ops.get("partitions")),
+            ("export time (s)", report.get("export_s")), ("pte sha256", ref["pte_sha256"][:16] + "...")]
+    parity = report.get("parity") or {}
+    if parity:
+        rows += [("parity: max |logit diff| (eager converted vs .pte)", parity.get("max_abs_logit_diff")),
+                 ("parity: tolerance", parity.get("tolerance")),
+                 ("parity: identical greedy tokens", parity.get("identical_greedy_tokens")),
+                 ("parity: passed", parity.get("passed"))]
+    table(card, rows)
+    per_layer = ops.get("per_layer") or {}
+    if per_layer:
+        table(card, [(k, f"{v['delegated']} delegated, {v['portable']} portable "
+                         f"{', '.join(f'{o}x{n}' for o, n in v['portable_ops'].items())}")
+                     for k, v in per_layer.items()], ("layer", "operators"))
+
+
+def eval_card(card, ref: dict) -> None:
+    """Scores of the checkpoint and of the .pte side by side, a bar chart, the paper's table."""
+    from .eval.report import markdown_comparison, markdown_results, paper_comparison, plot_results
+
+    results = ref.get("results") or {}
+    markdown(card, "# eval (lm-eval)" + (" (reused from cache)" if ref.get("reused") else ""))
+    if not results:
+        markdown(card, "no results")
+        return
+    labels = {"checkpoint": "QAT checkpoint (eager)", "pte": "INT4 .pte (ExecuTorch)"}
+    by_model = {labels.get(k, k): v for k, v in results.items()}
+    settings = next(iter(results.values()))["settings"]
+    markdown(card, f"limit {settings.get('limit')} documents per task, {settings.get('num_fewshot')}-shot, "
+                   f"source {settings.get('source')}. Stderr is lm-eval's; 'chance' is the score of "
+                   "uniform guessing.")
+    markdown(card, markdown_results(by_model))
+    figure(card, plot_results(by_model))
+    rows = paper_comparison(results.get("pte") or results["checkpoint"])
+    if rows:
+        markdown(card, "## Against the numbers PAPER.md reports (paper-scale models, labelled)")
+        markdown(card, markdown_comparison(rows))
+
+
+def device_card(card, ref: dict) -> None:
+    """Tokens/s by prompt length (plot) and the result document's key numbers."""
+    from .device_profile import plot_tok_per_s
+
+    r = ref.get("result", {})
+    markdown(card, "# device profile" + (" (reused from cache)" if ref.get("reused") else ""))
+    markdown(card, f"status **{r.get('status')}**" + (f": {r.get('reason')}" if r.get("reason") else "")
+             + f" on {r.get('device', {}).get('description', '?')}")
+    figure(card, plot_tok_per_s(r))
+    table(card, sorted(ref.get("summary", {}).items()))
+
+
+def dense_card(card, ref: dict) -> None:
+    """The science check: MoE vs dense at equal active parameters and tokens."""
+    c = ref.get("comparison") or {}
+    markdown(card, "# science check: MoE vs dense with the same active parameters")
+    moe, dense = c.get("moe", {}), c.get("dense", {})
+    if moe.get("val_loss") is not None and dense.get("val_loss") is not None:
+        d = c["val_loss_delta"]
+        better = "lower" if d < 0 else "higher"
+        markdown(card, f"On the same {c.get('tokens')} pre-training tokens, the MoE's validation loss "
+                       f"is **{abs(d):.4f} nats {better}** than the dense model's "
+                       f"({moe['val_loss']:.4f} vs {dense['val_loss']:.4f}).")
+    rows = []
+    for key in ("model", "val_loss", "active_params", "total_params", "flops_per_token", "tok_per_s"):
+        rows.append((key, f"{_fmt(moe.get(key))} | {_fmt(dense.get(key))}"))
+    table(card, rows, ("", "MoE | dense"))
+    hist = ref.get("history") or {}
+    if hist.get("val"):
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        xs, ys = zip(*hist["val"])
+        ax.plot(xs, ys, "o-", label="dense validation loss")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats/token)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        figure(card, fig)
+
+
+def summary_card(card, flow) -> None:
+    """The run at a glance: every stage's headline number and MLflow run."""
+    markdown(card, f"# {flow.ctx.parsed.model.name}: pipeline summary\n"
+                   f"MLflow pipeline run `{flow.ctx.pipeline_run_id}`")
+    rows = []
+    for name in ("pretrained", "midtrained", "sft_model", "qat_model"):
+        ref = getattr(flow, name)
+        s = ref.get("summary", {})
+        rows.append((ref["stage"], f"val loss {_fmt(s.get('first_val_loss'))} -> "
+                                   f"{_fmt(s.get('last_val_loss'))}; run {ref['run_id']}"
+                                   + (" (reused)" if ref.get("reused") else "")))
+    e = flow.exported
+    rows.append(("export", f"{e['summary'].get('program_mib', 0):.2f} MiB .pte; model {e.get('model_id')}"))
+    ev = flow.evaluated.get("summary", {})
+    pte_scores = {k: v for k, v in ev.items() if k.startswith("eval_pte/") and k.endswith("/primary")}
+    if pte_scores:
+        mean = sum(pte_scores.values()) / len(pte_scores)
+        rows.append(("eval", f"mean primary score of the .pte over {len(pte_scores)} tasks: {mean:.4f}"))
+    p = flow.profile.get("summary", {})
+    if p.get("device_decode_tok_per_s") is not None:
+        rows.append(("device_profile", f"decode {p['device_decode_tok_per_s']:.1f} tok/s"))
+    c = flow.dense.get("comparison", {})
+    if c.get("val_loss_delta") is not None:
+        rows.append(("dense_baseline", f"MoE - dense val loss = {c['val_loss_delta']:+.4f}"))
+    table(card, rows, ("stage", "result"))

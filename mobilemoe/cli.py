@@ -17,7 +17,7 @@ import sys
 from .errors import UserError
 
 # Subcommand modules; each defines add_parser(subparsers) that sets func=run(args)->int.
-COMMANDS = ["arch", "presets", "lineage", "data"]
+COMMANDS = ["arch", "presets", "lineage", "train", "data", "eval", "export", "generate"]
 
 
 def build_parser() -> argparse.ArgumentParser:

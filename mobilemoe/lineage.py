@@ -37,6 +37,7 @@ CACHE_KEY = "mobilemoe.cache_key"  # stage cache key (params + inputs + code)
 REUSED_FROM_RUN = "mobilemoe.reused_from_run_id"  # set when a cached output was reused
 PTE_SHA256 = "mobilemoe.pte_sha256"
 MODEL_ID = "mobilemoe.logged_model_id"  # the LoggedModel (e.g. the .pte) a run is about
+DEVICE_STATUS = "mobilemoe.device_status"  # device_profile runs: ok | error | rejected
 
 ALL_TAGS = [v for k, v in dict(globals()).items() if isinstance(v, str) and v.startswith(TAG_PREFIX)
             and k.isupper() and k != "TAG_PREFIX"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -40,7 +41,11 @@ def test_embedded_lab_profiles_the_program(tmp_path, llm_pte, tokenizer_file):
 
 
 def test_bad_settings_and_no_runner(tmp_path, fake_pte, small_tokenizer):
-    too_long = load_preset("smoke", ["device_lab.prompt_lengths=[120]", "device_lab.decode_tokens=16"])
+    with pytest.raises(ConfigError, match="120 \\+ decode_tokens 16 exceeds the exported context 128"):
+        load_preset("smoke", ["device_lab.prompt_lengths=[120]", "device_lab.decode_tokens=16"])
+    fits = load_preset("smoke")  # built in code, past the params check: the call checks again
+    too_long = dataclasses.replace(fits, device_lab=dataclasses.replace(
+        fits.device_lab, prompt_lengths=[120], decode_tokens=16))
     with pytest.raises(ConfigError, match="do not fit the program's context"):
         run_device_profile(too_long, fake_pte, small_tokenizer, tmp_path)
     phone = load_preset("smoke", ["device_lab.backend=android-adb"])

@@ -1,0 +1,200 @@
+"""``flows/full_repro.py`` end to end through Metaflow's Runner API, on the smoke preset, in a
+throwaway copy of the project (its own git + DVC repository, datastore and MLflow store).
+
+One module-scoped run serves the checks: every step ran, cards were rendered, MLflow
+lineage links the stages and the ``.pte``, nothing secret was recorded. A second run after
+an ``eval`` param edit redoes only ``eval``; a run started with another Config file stops
+at ``start``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "mobilemoe-test-secret-7f3a9c"  # planted in the environment; must never be recorded
+STAGES = ["curate", "pretrain", "midtrain", "sft", "qat", "export", "eval", "device_profile",
+          "dense_baseline"]
+
+
+def _project_helpers():
+    spec = importlib.util.spec_from_file_location("project_helpers", ROOT / "tests" / "data" / "project.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    helpers = _project_helpers()
+    root = helpers.make_project(tmp_path_factory.mktemp("flow") / "proj", "smoke")
+    for name in ("flows", "device_lab"):
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / ".gitignore").write_text("/data/\n.venv\n/artifacts/\n/.mlflow/\n/.metaflow/\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run(git + ["add", "-A"], cwd=root, check=True, capture_output=True)
+    subprocess.run(git + ["commit", "-qm", "project"], cwd=root, check=True, capture_output=True)
+    # Metaflow's local datastore and cards live in .metaflow/ of the working folder: the
+    # flow runs there, and this process reads it from there too (its config may have been
+    # imported by earlier tests, so no environment variable would reach it).
+    env = {"USERNAME": "mobilemoe-test", "MOBILEMOE_ROOT": str(root), "AWS_SECRET_ACCESS_KEY": SECRET}
+    drop = ("MLFLOW_TRACKING_URI", "METAFLOW_DATASTORE_SYSROOT_LOCAL", "METAFLOW_CARD_LOCALROOT")
+    saved = {k: os.environ.get(k) for k in (*env, *drop)}
+    os.environ.update(env)
+    for k in drop:
+        os.environ.pop(k, None)
+    cwd = os.getcwd()
+    os.chdir(root)
+    yield root, helpers
+    os.chdir(cwd)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _run(root: Path, **top_level):
+    from metaflow import Runner
+
+    with Runner(str(root / "flows" / "full_repro.py"), show_output=False, env=dict(os.environ), cwd=str(root),
+                **top_level).run() as running:
+        return running.status, running.run, running.stdout, running.stderr
+
+
+@pytest.fixture(scope="module")
+def first_run(project):
+    root, _ = project
+    status, run, out, err = _run(root)
+    assert status == "successful", err[-4000:]
+    return run
+
+
+def _card_text(task) -> str:
+    """A card's content: Metaflow embeds it in the HTML as base64-encoded JSON."""
+    import base64
+    import re
+
+    from metaflow.cards import get_cards
+
+    html = get_cards(task)[0].get()
+    blobs = re.findall(r'__MF_DATA__\[[^\]]*\] = "([A-Za-z0-9+/=]+)"', html)
+    assert blobs, "no card data in the HTML"
+    return "\n".join(base64.b64decode(b).decode() for b in blobs)
+
+
+def _children(root: Path, pipeline_run_id: str) -> dict:
+    from mobilemoe import lineage as L
+    from mobilemoe.config import load_params
+
+    tracker = L.Tracker(load_params(root / "params.yaml"), root)
+    runs = tracker.find_runs({L.PIPELINE_RUN: pipeline_run_id}, max_results=100)
+    return tracker, {r.data.tags[L.STAGE]: r for r in runs}
+
+
+def test_every_step_ran_with_cards_and_the_pte_exists(first_run, project):
+    root, _ = project
+    steps = {s.id for s in first_run.steps()}
+    assert steps == {"start", *STAGES, "join", "end"}
+    end = first_run["end"].task.data
+    pte = Path(end.exported["pte"])
+    assert pte.is_file() and pte.stat().st_size > 10_000
+    for name in ("pretrain", "midtrain", "sft", "qat"):
+        text = _card_text(first_run[name].task)
+        assert "validation loss fell from" in text, name  # each stage's card says by how much
+        assert "data:image/png;base64," in text  # the loss plot
+    assert "MoE's validation loss is" in _card_text(first_run["dense_baseline"].task)
+    assert "device_decode_tok_per_s" in _card_text(first_run["device_profile"].task)
+    assert "INT4 .pte (ExecuTorch)" in _card_text(first_run["eval"].task)
+    for ref in (end.pretrained, end.midtrained, end.sft_model, end.qat_model):
+        s = ref["summary"]
+        assert s["last_val_loss"] < s["first_val_loss"], ref["stage"]
+    assert end.profile["result"]["status"] == "ok"
+    assert end.profile["summary"]["device_decode_tok_per_s"] > 0
+
+
+def test_mlflow_lineage_links_every_stage_and_the_pte(first_run, project, capsys):
+    from mobilemoe import lineage as L
+    from mobilemoe.checkpoint import sha256_file
+    from mobilemoe.cli import main
+
+    root, _ = project
+    end = first_run["end"].task.data
+    tracker, runs = _children(root, end.ctx.pipeline_run_id)
+    assert set(runs) == set(STAGES)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                            text=True).stdout.strip()
+    for stage in ("pretrain", "midtrain", "sft", "qat", "export"):
+        tags = runs[stage].data.tags
+        assert tags[L.GIT_COMMIT] == commit
+        assert json.loads(tags[L.DATA_VERSION]) == end.ctx.data_version
+        assert tags[L.METAFLOW_PATHSPEC].startswith(f"FullReproFlow/{first_run.id}/{stage}/")
+        assert runs[stage].info.status == "FINISHED"
+    order = ["pretrain", "midtrain", "sft", "qat", "export"]
+    for up, down in zip(order, order[1:]):
+        assert runs[down].data.tags[L.INPUT_RUN_ID] == runs[up].info.run_id
+        assert runs[down].data.tags[L.INPUT_CHECKPOINT_SHA256] == runs[up].data.tags[L.CHECKPOINT_SHA256]
+    assert "val_loss" in runs["pretrain"].data.metrics or "last_val_loss" in runs["pretrain"].data.metrics
+    # the .pte: a LoggedModel made by the export run, with the device profile as its metrics
+    pte_sha = sha256_file(end.exported["pte"])
+    models = tracker.client.search_logged_models(
+        experiment_ids=[tracker.experiment_id], filter_string=f"tags.`{L.PTE_SHA256}` = '{pte_sha}'")
+    assert len(models) == 1
+    model = models[0]
+    assert model.source_run_id == runs["export"].info.run_id
+    assert model.tags[L.INPUT_RUN_ID] == runs["qat"].info.run_id  # linked to the QAT run
+    assert model.params["quantization.group_size"] == "32"
+    assert "device_decode_tok_per_s" in {m.key for m in model.metrics}
+    # and the command walks back from the phone's program to the first stage
+    capsys.readouterr()
+    assert main(["lineage", "--pte", end.exported["pte"], "--json", "--params", str(root / "params.yaml")]) == 0
+    chain = json.loads(capsys.readouterr().out)
+    assert [n["stage"] for n in chain] == ["export", "qat", "sft", "midtrain", "pretrain"]
+
+
+def test_nothing_secret_is_recorded(first_run, project):
+    root, _ = project
+    hits = []
+    for path in root.rglob("*"):
+        if path.is_file() and ".venv" not in path.parts and path.stat().st_size < 50_000_000:
+            if SECRET.encode() in path.read_bytes():
+                hits.append(str(path))
+    assert hits == []
+
+
+def test_param_edit_redoes_only_the_affected_stage(first_run, project):
+    from mobilemoe import lineage as L
+
+    root, helpers = project
+    helpers.set_param(root, "eval.limit", 5)
+    status, run, out, err = _run(root)
+    assert status == "successful", err[-4000:]
+    end = run["end"].task.data
+    _, runs = _children(root, end.ctx.pipeline_run_id)
+    reused = {s for s, r in runs.items() if L.REUSED_FROM_RUN in r.data.tags}
+    assert reused == {"pretrain", "midtrain", "sft", "qat", "export", "device_profile", "dense_baseline"}
+    first = first_run["end"].task.data
+    assert end.qat_model["checkpoint_sha256"] == first.qat_model["checkpoint_sha256"]
+    assert runs["qat"].data.tags[L.REUSED_FROM_RUN] == first.qat_model["run_id"]
+    assert end.exported["model_id"] == first.exported["model_id"]  # the same program, one model
+    results = json.loads(Path(end.evaluated["results_files"]["pte"]).read_text())
+    assert {r["n"] for r in results["tasks"].values()} == {5}
+
+
+def test_a_run_with_another_config_file_stops_at_start(first_run, project, tmp_path):
+    root, _ = project
+    other = tmp_path / "other.yaml"
+    other.write_text((root / "params.yaml").read_text().replace("steps: ", "steps: 1", 1))
+    status, run, out, err = _run(root, config=[("config", str(other))])
+    assert status == "failed"
+    assert [s.id for s in run.steps()] == ["start"]
+    log = run["start"].task.stderr
+    assert "this run's Config differs from" in log and str(root / "params.yaml") in log
+    assert "pretrain.steps" in log  # names the key that differs
