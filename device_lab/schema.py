@@ -11,7 +11,7 @@ Everything a submitter and a runner must agree on lives here (README mirrors it)
       jobs/<job_id>.json                     job document (written once by a submitter)
       results/<job_id>.json                  result document (written once by the runner)
       artifacts/<sha256>/<file name>         uploaded .pte / tokenizer (content-addressed)
-      claims/<job_id>/<epoch>/<kind>-<runner_id>.json   claim protocol (queue.py)
+      claims/<job_id>/<epoch:06d>/<kind>-<ms>-<runner_id>.json   claim protocol (queue.py)
       runners/<runner_id>.json               runner registrations (backends, heartbeat)
 
 * **Times**: ISO 8601 in UTC with a ``Z``, e.g. ``2025-06-01T12:00:00.123Z``.
@@ -334,7 +334,7 @@ RESULT_FIELDS = {
     "benchmark": (_nullable(_obj(BENCHMARK_FIELDS)), True),
     "load_s": (_nullable(_num), True),  # program load (runtime construction + method load)
     "prefill_tok_per_s": (_map(_num, 32, _prompt_key), True),  # median per prompt length
-    "decode_tok_per_s": (_nullable(_num), True),  # median over all runs; number when ok
+    "decode_tok_per_s": (_nullable(_num), True),  # median over all runs (null when ok from a backend without timing, e.g. artifact-check)
     "decode_tok_per_s_by_prompt": (_map(_num, 32, _prompt_key), True),
     "peak_rss_bytes": (_nullable(_int(0, 2**62)), True),  # peak RSS of the benchmark process
     "baseline_rss_bytes": (_nullable(_int(0, 2**62)), True),  # its RSS before loading

@@ -61,7 +61,7 @@ def run_device_profile(params, pte_path: str | os.PathLike, tokenizer_path: str 
         if not Path(path).is_file():
             raise UserError(f"device_profile: {what} {path} not found (run the export stage first)")
     workdir = Path(workdir).resolve()
-    stop, thread = threading.Event(), None
+    stop, thread, crashed = threading.Event(), None, []
     try:
         if cfg.queue is None:
             if cfg.backend not in registry():
@@ -73,8 +73,12 @@ def run_device_profile(params, pte_path: str | os.PathLike, tokenizer_path: str 
             runner = Runner(Queue(open_transport(queue_uri)), [make_backend(cfg.backend)],
                             workdir / "device_lab" / "runner", poll_s=min(cfg.poll_s, 0.2),
                             job_timeout_s=cfg.timeout_s)
-            thread = threading.Thread(target=runner.serve, args=(stop,), daemon=True,
-                                      name="device-lab-local-runner")
+            def serve():
+                try:
+                    runner.serve(stop)
+                except BaseException as e:  # reported below, instead of a timeout
+                    crashed.append(e)
+            thread = threading.Thread(target=serve, daemon=True, name="device-lab-local-runner")
             thread.start()
         else:
             queue_uri = cfg.queue
@@ -89,6 +93,10 @@ def run_device_profile(params, pte_path: str | os.PathLike, tokenizer_path: str 
         stop.set()
         if thread is not None:
             thread.join(timeout=30)
+    if result is None and crashed:
+        e = crashed[0]
+        raise UserError(f"device_profile: the embedded device-lab runner stopped "
+                        f"({type(e).__name__}: {e}); no profile was measured") from e
     if result is None:
         raise DeviceProfileTimeout(
             f"device_lab: no result for job {job_id} on {queue_uri} within device_lab.timeout_s="

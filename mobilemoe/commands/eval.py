@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
                    help="tokenizer.json (default: the checkpoint's own / the one beside the .pte)")
     p.add_argument("--tasks", help="comma-separated task names (default: eval.tasks)")
     p.add_argument("--limit", help="examples per task; 'all' = full splits (default: eval.limit)")
-    p.add_argument("--batch-size", type=int, help="requests per forward pass (default: eval.batch_size)")
+    p.add_argument("--batch-size", type=int, help="scoring: a token budget of N x the context per forward pass; generation: N requests (default: eval.batch_size)")
     p.add_argument("--num-fewshot", type=int, help="few-shot examples (default: eval.num_fewshot)")
     p.add_argument("--device", help="cpu | cuda | auto (default: runtime.device)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")

@@ -7,7 +7,7 @@ Pre-training records are ``{"id", "text", "source", "licence"[, "min_chars"]}`` 
 source's own ``min_chars``, read by the clean stage); SFT records are
 ``{"id", "prompt", "response", "source", "licence"}``. ``max_docs``/``max_chars`` stop
 reading at the first record over the cap (files are read in sorted order: reproducible). Bad records (invalid UTF-8, empty,
-over ``clean.max_record_bytes``, malformed JSON/parquet rows, missing fields) are counted
+over ``data.max_record_bytes``, malformed JSON/parquet rows, missing fields) are counted
 per source and skipped; a missing file of a required source or a dataset that cannot be
 opened stops with a :class:`SourceError` naming it. Optional sources that are absent are
 skipped with a note (the Debian text packages of the default).

@@ -1,6 +1,6 @@
 """AdamW with no-decay groups: norms, biases and embeddings are not weight-decayed.
 
-    optimizer = build_optimizer(model, cfg, device)
+    optimizer = build_optimizer(model, cfg)
 
 Weight decay pulls weights towards zero; on a norm's gain or a bias that fights the
 parameter's purpose, and on the embedding (tied to the LM head here) it shrinks rare

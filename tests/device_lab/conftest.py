@@ -1,9 +1,11 @@
 """Device-lab test fixtures: a real LLM-convention ``.pte``, queues, a counting backend.
 
 ``llm_pte`` exports the smoke preset's model (random weights) the way ExecuTorch's LLM
-runner expects it: KV cache, dynamic sequence length, metadata methods (portable
-kernels for speed; ``llm_pte_xnnpack`` delegates to XNNPACK like the real exporter). When
-``mobilemoe.export`` lands, point ``_export_program`` at it (one line).
+runner expects it: KV cache, dynamic sequence length, metadata methods, with portable
+kernels, because lowering to XNNPACK takes ~4x longer and these tests are about the lab,
+not the program (``llm_pte_xnnpack`` delegates to XNNPACK, slow tests). The program the
+exporter really ships (INT4, XNNPACK, ``mobilemoe.export.export_pte``) goes through the
+embedded lab in ``tests/pipeline/test_flow.py``.
 """
 
 from __future__ import annotations

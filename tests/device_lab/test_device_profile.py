@@ -69,3 +69,17 @@ def test_embedded_lab_profiles_an_xnnpack_program(tmp_path, llm_pte_xnnpack, tok
     assert result["status"] == "ok", result["reason"]
     assert set(result["prefill_tok_per_s"]) == {"16"} and result["decode_tok_per_s"] > 0
     print("xnnpack smoke profile:", profile_metrics(result))
+
+
+def test_a_runner_that_cannot_start_is_reported_not_timed_out(tmp_path, fake_pte, small_tokenizer):
+    import fcntl
+
+    from mobilemoe.errors import UserError
+
+    lock_dir = tmp_path / "device_lab" / "runner"
+    lock_dir.mkdir(parents=True)
+    with open(lock_dir / ".lock", "w") as held:  # another runner holds this work folder
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        params = load_preset("smoke", ["device_lab.timeout_s=60", "device_lab.poll_s=0.05"])
+        with pytest.raises(UserError, match="embedded device-lab runner stopped .*in use"):
+            run_device_profile(params, fake_pte, small_tokenizer, tmp_path)

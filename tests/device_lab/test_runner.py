@@ -230,3 +230,33 @@ def test_one_runner_per_work_folder(tmp_path):
         stop.set()
         thread.join()
     second.serve(idle_exit_s=0)  # free again
+
+
+def test_bench_falls_back_to_runtime_stats_when_a_token_is_not_utf8():
+    """ExecuTorch's binding decodes each token strictly; a token that is half of a UTF-8
+    character raises before the callback runs. The run is measured from the runtime's stats."""
+    import json as _json
+
+    from device_lab.backends.executorch_bench import _one_run
+
+    class Stats:
+        def to_json_string(self):
+            return _json.dumps({"generated_tokens": 9, "inference_start_ms": 1000,
+                                "first_token_ms": 1004, "inference_end_ms": 1020})
+
+    class FakeRunner:
+        calls = 0
+
+        def generate(self, prompt, config, token_callback=None, stats_callback=None):
+            FakeRunner.calls += 1
+            if token_callback is not None:
+                b"\xe2\x82".decode("utf-8")  # what pybind11 does with a partial character
+            stats_callback(Stats())
+
+        def reset(self):
+            pass
+
+    run = _one_run(FakeRunner(), lambda **kw: kw, "<|bos|>x", 9, False)
+    assert FakeRunner.calls == 2
+    assert run["decode_tokens"] == 8 and run["decode_tok_per_s"] == pytest.approx(8 / 0.016)
+    assert run["prefill_s"] == pytest.approx(0.004)
