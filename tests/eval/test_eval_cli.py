@@ -93,6 +93,25 @@ def test_start_up_hook_registers_our_models_with_lm_eval():
     assert out.stdout.split() == ["mobilemoe.eval.lm_model", "MobileMoEPteLM"]
 
 
+def test_stock_task_manager_indexes_our_offline_tasks_unless_turned_off():
+    """`lm_eval --tasks arc_easy` without --include_path: lm-eval's TaskManager (made with
+    no include_path) also indexes our offline folder, which takes precedence; an explicit
+    include_path is left alone; MOBILEMOE_LM_EVAL_OFFLINE_TASKS=0 turns it off."""
+    from mobilemoe.eval.suite import build_task_dir
+
+    code = ("from lm_eval.tasks import TaskManager\n"
+            "print(TaskManager(include_defaults=False).include_path)\n"
+            "print(TaskManager(include_path='/x', include_defaults=False).include_path)\n")
+    env = {k: v for k, v in os.environ.items() if k != "MOBILEMOE_LM_EVAL_OFFLINE_TASKS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(build_task_dir()), "/x"]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(env, MOBILEMOE_LM_EVAL_OFFLINE_TASKS="0"))
+    assert out.stdout.split() == ["None", "/x"]
+
+
 def test_task_dir_and_list_tasks(capsys):
     assert main(["eval", "--task-dir"]) == 0
     folder = Path(capsys.readouterr().out.strip())
@@ -104,14 +123,13 @@ def test_task_dir_and_list_tasks(capsys):
 
 @pytest.mark.slow
 def test_stock_lm_eval_command_runs_our_model_offline(smoke_checkpoint, tmp_path):
-    """`lm_eval --model mobilemoe` from another directory with our generated tasks."""
-    from mobilemoe.eval.suite import build_task_dir
-
-    env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
+    """`lm_eval --model mobilemoe` from another directory, exactly as a user types it (no
+    --include_path, no offline variables): our offline tasks are found by the start-up hook."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "MOBILEMOE_LM_EVAL_OFFLINE_TASKS")}
     cmd = [str(VENV_BIN / "lm_eval"), "--model", "mobilemoe", "--model_args",
            f"checkpoint={smoke_checkpoint},threads=1", "--device", "cpu", "--batch_size", "4",
-           "--tasks", "arc_easy,nq_open", "--include_path", str(build_task_dir()), "--limit", "4",
-           "--output_path", str(tmp_path / "out")]
+           "--tasks", "arc_easy,nq_open", "--limit", "4", "--output_path", str(tmp_path / "out")]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     (result_file,) = list((tmp_path / "out").rglob("results_*.json"))
