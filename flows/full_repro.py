@@ -10,6 +10,7 @@ Stage outputs are cached by (params, inputs, code): after editing params.yaml, a
 ``run`` redoes only the stages whose inputs changed (see README, "Rerun one stage").
 """
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -37,6 +38,19 @@ def _here(ctx):
     return dataclasses.replace(ctx, pathspec=current.pathspec)
 
 
+@contextlib.contextmanager
+def _user_errors():
+    """Bad input (params, data, checkpoints, lab settings) ends in one clear line, not a
+    traceback: the message names the file or key and what to do."""
+    from mobilemoe.errors import UserError
+
+    try:
+        yield
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+
+
 def _threads(ctx):
     """Explicit torch threads in every step (2 shared cores: oversubscription is 20x slower)."""
     import torch
@@ -54,7 +68,8 @@ class FullReproFlow(FlowSpec):
         from mobilemoe import cards, pipeline
         from mobilemoe.model.accounting import account
 
-        self.ctx = pipeline.start(self.config, current.pathspec, root=os.environ["MOBILEMOE_ROOT"])
+        with _user_errors():
+            self.ctx = pipeline.start(self.config, current.pathspec, root=os.environ["MOBILEMOE_ROOT"])
         params = self.ctx.parsed
         acc = account(params.model, params.scaling.context)
         self.accounting = acc.to_dict()
@@ -68,7 +83,8 @@ class FullReproFlow(FlowSpec):
     def curate(self):
         from mobilemoe import cards, pipeline
 
-        self.data = pipeline.curate(_here(self.ctx))
+        with _user_errors():
+            self.data = pipeline.curate(_here(self.ctx))
         self.ctx.data_version = self.data["data_version"]  # every later stage records it
         cards.markdown(current.card, "# curate (DVC)")
         cards.table(current.card, sorted(self.data["data_version"].items()), ("output", "md5"))
@@ -79,7 +95,8 @@ class FullReproFlow(FlowSpec):
         from mobilemoe import cards, pipeline
 
         _threads(self.ctx)
-        ref = pipeline.train_stage(_here(self.ctx), stage, upstream)
+        with _user_errors():
+            ref = pipeline.train_stage(_here(self.ctx), stage, upstream)
         cards.stage_card(current.card, ref, self.ctx.parsed.model.vocab_size)
         ref.pop("history", None)  # plotted; keep the artifact small
         return ref
@@ -114,7 +131,8 @@ class FullReproFlow(FlowSpec):
         from mobilemoe import cards, pipeline
 
         _threads(self.ctx)
-        self.exported = pipeline.export_stage(_here(self.ctx), self.qat_model)
+        with _user_errors():
+            self.exported = pipeline.export_stage(_here(self.ctx), self.qat_model)
         cards.export_card(current.card, self.exported)
         self.next(self.eval, self.device_profile, self.dense_baseline)
 
@@ -124,7 +142,8 @@ class FullReproFlow(FlowSpec):
         from mobilemoe import cards, pipeline
 
         _threads(self.ctx)
-        ref = pipeline.eval_stage(_here(self.ctx), self.qat_model, self.exported)
+        with _user_errors():
+            ref = pipeline.eval_stage(_here(self.ctx), self.qat_model, self.exported)
         cards.eval_card(current.card, ref)
         ref.pop("results", None)  # in the card and MLflow; keep the artifact small
         self.evaluated = ref
@@ -135,7 +154,8 @@ class FullReproFlow(FlowSpec):
     def device_profile(self):
         from mobilemoe import cards, pipeline
 
-        self.profile = pipeline.device_profile_stage(_here(self.ctx), self.exported)
+        with _user_errors():
+            self.profile = pipeline.device_profile_stage(_here(self.ctx), self.exported)
         cards.device_card(current.card, self.profile)
         self.next(self.join)
 
@@ -146,7 +166,8 @@ class FullReproFlow(FlowSpec):
         from mobilemoe import cards, pipeline
 
         _threads(self.ctx)
-        ref = pipeline.dense_baseline_stage(_here(self.ctx), self.pretrained)
+        with _user_errors():
+            ref = pipeline.dense_baseline_stage(_here(self.ctx), self.pretrained)
         cards.dense_card(current.card, ref)
         ref.pop("history", None)
         self.dense = ref
