@@ -39,16 +39,32 @@ def _here(ctx):
 
 
 @contextlib.contextmanager
-def _user_errors():
+def _user_errors(ctx=None):
     """Bad input (params, data, checkpoints, lab settings) ends in one clear line, not a
-    traceback: the message names the file or key and what to do."""
+    traceback: the message names the file or key and what to do. Either way a failing
+    step marks the pipeline's MLflow run FAILED (a new ``run`` opens a new one)."""
     from mobilemoe.errors import UserError
 
     try:
         yield
     except UserError as e:
+        _mark_failed(ctx)
         print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+    except Exception:
+        _mark_failed(ctx)
+        raise
+
+
+def _mark_failed(ctx) -> None:
+    if ctx is None:
+        return
+    try:
+        from mobilemoe import pipeline
+
+        pipeline.finish(ctx, "FAILED")
+    except Exception as e:  # the step's own error matters more
+        print(f"warning: could not mark MLflow run {ctx.pipeline_run_id} FAILED: {e}", file=sys.stderr)
 
 
 def _threads(ctx):
@@ -68,7 +84,7 @@ class FullReproFlow(FlowSpec):
         from mobilemoe import cards, pipeline
         from mobilemoe.model.accounting import account
 
-        with _user_errors():
+        with _user_errors(None):
             self.ctx = pipeline.start(self.config, current.pathspec, root=os.environ["MOBILEMOE_ROOT"])
         params = self.ctx.parsed
         acc = account(params.model, params.scaling.context)
@@ -83,7 +99,7 @@ class FullReproFlow(FlowSpec):
     def curate(self):
         from mobilemoe import cards, pipeline
 
-        with _user_errors():
+        with _user_errors(self.ctx):
             self.data = pipeline.curate(_here(self.ctx))
         self.ctx.data_version = self.data["data_version"]  # every later stage records it
         cards.markdown(current.card, "# curate (DVC)")
@@ -95,7 +111,7 @@ class FullReproFlow(FlowSpec):
         from mobilemoe import cards, pipeline
 
         _threads(self.ctx)
-        with _user_errors():
+        with _user_errors(self.ctx):
             ref = pipeline.train_stage(_here(self.ctx), stage, upstream)
         cards.stage_card(current.card, ref, self.ctx.parsed.model.vocab_size)
         ref.pop("history", None)  # plotted; keep the artifact small
@@ -131,7 +147,7 @@ class FullReproFlow(FlowSpec):
         from mobilemoe import cards, pipeline
 
         _threads(self.ctx)
-        with _user_errors():
+        with _user_errors(self.ctx):
             self.exported = pipeline.export_stage(_here(self.ctx), self.qat_model)
         cards.export_card(current.card, self.exported)
         self.next(self.eval, self.device_profile, self.dense_baseline)
@@ -142,7 +158,7 @@ class FullReproFlow(FlowSpec):
         from mobilemoe import cards, pipeline
 
         _threads(self.ctx)
-        with _user_errors():
+        with _user_errors(self.ctx):
             ref = pipeline.eval_stage(_here(self.ctx), self.qat_model, self.exported)
         cards.eval_card(current.card, ref)
         ref.pop("results", None)  # in the card and MLflow; keep the artifact small
@@ -154,7 +170,7 @@ class FullReproFlow(FlowSpec):
     def device_profile(self):
         from mobilemoe import cards, pipeline
 
-        with _user_errors():
+        with _user_errors(self.ctx):
             self.profile = pipeline.device_profile_stage(_here(self.ctx), self.exported)
         cards.device_card(current.card, self.profile)
         self.next(self.join)
@@ -166,7 +182,7 @@ class FullReproFlow(FlowSpec):
         from mobilemoe import cards, pipeline
 
         _threads(self.ctx)
-        with _user_errors():
+        with _user_errors(self.ctx):
             ref = pipeline.dense_baseline_stage(_here(self.ctx), self.pretrained)
         cards.dense_card(current.card, ref)
         ref.pop("history", None)
