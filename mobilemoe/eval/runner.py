@@ -17,7 +17,6 @@ choice (mean of 1/number of choices) and how many contexts were truncated to the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from ..checkpoint import sha256_file
 from ..errors import UserError
 
 PREFERRED_METRICS = ("acc_norm", "acc", "exact_match", "bits_per_byte", "perplexity",
@@ -141,14 +141,6 @@ def summarize(raw: dict, tasks: list[str], stats: Optional[dict] = None) -> dict
     return out
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _model_info(lm, checkpoint, pte) -> dict:
     if checkpoint is not None:
         manifest = Path(checkpoint) / "manifest.json"
@@ -158,7 +150,7 @@ def _model_info(lm, checkpoint, pte) -> dict:
                 "stage": cfg.get("stage"), "step": cfg.get("step"), "qat": cfg.get("qat"),
                 "max_length": lm.max_length}
     if pte is not None:
-        return {"kind": "pte", "path": str(Path(pte).resolve()), "sha256": _sha256_file(Path(pte)),
+        return {"kind": "pte", "path": str(Path(pte).resolve()), "sha256": sha256_file(Path(pte)),
                 "max_length": lm.max_length}
     return {"kind": type(lm).__name__}
 
