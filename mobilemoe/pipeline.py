@@ -25,7 +25,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from . import lineage as L
 from .config import Params, flat_params, parse_params, read_yaml, to_dict
@@ -198,10 +198,65 @@ def _stage_folder(ctx: Context, stage: str, key: str) -> Path:
     return artifact_store(ctx.root, ctx.parsed) / "stages" / stage / key[:16]
 
 
+def _run_cached(ctx: Context, tracker: L.Tracker, stage: str, key: str, folder: Path, tags: dict,
+                params_flat: dict, produce: Callable[[str], dict], check=None,
+                keep: Callable[[dict], bool] = lambda ref: True) -> dict:
+    """The one cache-or-run mechanism of every stage after ``curate``.
+
+    A cached output under ``folder`` with this ``key`` (and passing ``check``) is reused
+    through a child run that points at the run which made it. Otherwise a child run is
+    opened, ``produce(run_id)`` does the work and returns the stage's fields, and the
+    reference is written to ``stage.json`` (last, so a half-done stage is never found)
+    when ``keep(ref)``; a reference that is not kept ends its run FAILED and is redone
+    by the next run.
+    """
+    cached = _load_cached(folder, key, check)
+    if cached is not None:
+        return _reuse(ctx, tracker, stage, cached, tags, params_flat)
+    run_id = tracker.start_run(stage, tags, parent_run_id=ctx.pipeline_run_id)
+    try:
+        tracker.log_params(run_id, params_flat)
+        ref = {"stage": stage, "key": key, "run_id": run_id, "produced_by_run_id": run_id,
+               **produce(run_id), "reused": False}
+        kept = keep(ref)
+        if kept:
+            _write_json_atomic(folder / "stage.json", ref)
+        tracker.end_run(run_id, "FINISHED" if kept else "FAILED")
+        return ref
+    except BaseException:
+        tracker.end_run(run_id, "FAILED")
+        raise
+
+
+def _train(ctx: Context, tracker: L.Tracker, run_id: str, params: Params, stage: str,
+           folder: Path, upstream: Optional[dict]) -> dict:
+    """Train one stage into ``folder/work`` (resuming there), copy the final checkpoint to
+    ``folder/output``, log it; the stage's fields for :func:`_run_cached`."""
+    from .checkpoint import checkpoint_sha256, verify
+    from .data.paths import data_paths
+    from .train import run_stage
+
+    sink = _MlflowSink(tracker, run_id)
+    with cpu_slot(ctx):
+        result = run_stage(params, stage, data_dir=data_paths(params, root=ctx.root).root,
+                           out_dir=folder / "work",
+                           init_checkpoint=upstream["checkpoint"] if upstream else None,
+                           callbacks=[sink])
+    sink.flush()
+    output = folder / "output"
+    _replace_dir(result.checkpoint, output)
+    verify(output)
+    sha = checkpoint_sha256(output)
+    summary = result.summary()
+    tracker.log_metrics(run_id, _numbers(summary))
+    tracker.set_tags(run_id, {L.CHECKPOINT_SHA256: sha})
+    tracker.log_artifacts(run_id, output, "checkpoint")
+    return {"checkpoint": str(output), "checkpoint_sha256": sha, "summary": summary,
+            "history": result.history_for_plots()}
+
+
 def train_stage(ctx: Context, stage: str, upstream: Optional[dict]) -> dict:
     """Run (or reuse) one training stage; returns a small reference for the next step."""
-    from .checkpoint import checkpoint_sha256, verify
-
     if stage not in TRAIN_STAGES:
         raise UserError(f"unknown training stage {stage!r} (one of {', '.join(TRAIN_STAGES)})")
     params = ctx.parsed
@@ -209,41 +264,9 @@ def train_stage(ctx: Context, stage: str, upstream: Optional[dict]) -> dict:
     upstream_sha = upstream["checkpoint_sha256"] if upstream else None
     key = stage_key(stage, params, upstream_sha, ctx.data_version or {}, ctx.code_version)
     folder = _stage_folder(ctx, stage, key)
-    tags = _stage_tags(ctx, stage, key, upstream)
-    cached = _load_cached(folder, key)
-    if cached is not None:
-        return _reuse(ctx, tracker, stage, cached, tags, flat_params(params, stage))
-
-    run_id = tracker.start_run(stage, tags, parent_run_id=ctx.pipeline_run_id)
-    try:
-        tracker.log_params(run_id, flat_params(params, stage))
-        from .data.paths import data_paths
-        from .train import run_stage
-
-        sink = _MlflowSink(tracker, run_id)
-        with cpu_slot(ctx):
-            result = run_stage(params, stage, data_dir=data_paths(params, root=ctx.root).root,
-                               out_dir=folder / "work",
-                               init_checkpoint=upstream["checkpoint"] if upstream else None,
-                               callbacks=[sink])
-        sink.flush()
-        output = folder / "output"
-        _replace_dir(result.checkpoint, output)
-        verify(output)
-        sha = checkpoint_sha256(output)
-        summary = result.summary()
-        tracker.log_metrics(run_id, _numbers(summary))
-        tracker.set_tags(run_id, {L.CHECKPOINT_SHA256: sha})
-        tracker.log_artifacts(run_id, output, "checkpoint")
-        ref = {"stage": stage, "checkpoint": str(output), "checkpoint_sha256": sha, "key": key,
-               "run_id": run_id, "produced_by_run_id": run_id, "summary": summary,
-               "history": result.history_for_plots(), "reused": False}
-        _write_json_atomic(folder / "stage.json", ref)
-        tracker.end_run(run_id)
-        return ref
-    except BaseException:
-        tracker.end_run(run_id, "FAILED")
-        raise
+    return _run_cached(ctx, tracker, stage, key, folder, _stage_tags(ctx, stage, key, upstream),
+                       flat_params(params, stage),
+                       lambda run_id: _train(ctx, tracker, run_id, params, stage, folder, upstream))
 
 
 def _replace_dir(src: str | Path, dest: Path) -> None:
@@ -269,48 +292,38 @@ def export_stage(ctx: Context, qat: dict) -> dict:
 
     params = ctx.parsed
     tracker = L.Tracker(params, Path(ctx.root))
-    section = to_dict(params.export)
-    key = _key("export", section, {"checkpoint": qat["checkpoint_sha256"]}, ctx)
+    key = _key("export", to_dict(params.export), {"checkpoint": qat["checkpoint_sha256"]}, ctx)
     folder = _stage_folder(ctx, "export", key)
-    tags = _stage_tags(ctx, "export", key, qat)
+    output = folder / "output"
     flat = {**flat_params(params, "export"), "qat.scheme": params.qat.scheme,
             "qat.group_size": params.qat.group_size}
-    cached = _load_cached(folder, key, check=lambda ref: sha256_file(ref["pte"]) == ref["pte_sha256"])
-    if cached is not None:
-        ref = _reuse(ctx, tracker, "export", cached, tags, flat)
-        ref["model_id"] = _ensure_logged_model(tracker, ref, folder / "output")
-        return ref
 
-    run_id = tracker.start_run("export", tags, parent_run_id=ctx.pipeline_run_id)
-    try:
-        tracker.log_params(run_id, flat)
+    def produce(run_id: str) -> dict:
         work = folder / "work"
         shutil.rmtree(work, ignore_errors=True)
         with cpu_slot(ctx):
             report = export_pte(qat["checkpoint"], work, quantize=params.export.quantize,
                                 max_seq_len=params.export.max_seq_len, parity=True,
                                 threads=params.runtime.threads)
-        output = folder / "output"
         _replace_dir(work, output)
         shutil.rmtree(work, ignore_errors=True)
         summary = export_summary(report)
         tracker.log_metrics(run_id, _numbers(summary))
-        pte_sha = report["program_sha256"]
-        tracker.set_tags(run_id, {L.PTE_SHA256: pte_sha})
+        tracker.set_tags(run_id, {L.PTE_SHA256: report["program_sha256"]})
         tracker.log_artifacts(run_id, output / REPORT)
-        ref = {"stage": "export", "pte": str(output / PTE), "tokenizer": str(output / TOKENIZER),
-               "report_path": str(output / REPORT), "pte_sha256": pte_sha, "key": key,
-               "checkpoint_sha256": qat["checkpoint_sha256"], "input_run_id": qat["run_id"],
-               "run_id": run_id,
-               "produced_by_run_id": run_id, "summary": summary, "reused": False}
+        fields = {"pte": str(output / PTE), "tokenizer": str(output / TOKENIZER),
+                  "report_path": str(output / REPORT), "pte_sha256": report["program_sha256"],
+                  "checkpoint_sha256": qat["checkpoint_sha256"], "input_run_id": qat["run_id"],
+                  "summary": summary}
+        fields["model_id"] = _ensure_logged_model(tracker, {**fields, "run_id": run_id}, output)
+        tracker.set_tags(run_id, {L.MODEL_ID: fields["model_id"]})
+        return fields
+
+    ref = _run_cached(ctx, tracker, "export", key, folder, _stage_tags(ctx, "export", key, qat), flat,
+                      produce, check=lambda ref: sha256_file(ref["pte"]) == ref["pte_sha256"])
+    if ref["reused"]:  # the program's LoggedModel may live in another tracking store
         ref["model_id"] = _ensure_logged_model(tracker, ref, output)
-        tracker.set_tags(run_id, {L.MODEL_ID: ref["model_id"]})
-        _write_json_atomic(folder / "stage.json", ref)
-        tracker.end_run(run_id)
-        return ref
-    except BaseException:
-        tracker.end_run(run_id, "FAILED")
-        raise
+    return ref
 
 
 def export_summary(report: dict) -> dict:
@@ -385,16 +398,8 @@ def eval_stage(ctx: Context, qat: dict, export: Optional[dict]) -> dict:
     if export:
         tags[L.PTE_SHA256] = export["pte_sha256"]
         tags[L.MODEL_ID] = export.get("model_id")
-    cached = _load_cached(folder, key, check=lambda ref: all(Path(p).is_file()
-                                                            for p in ref["results_files"].values()))
-    if cached is not None:
-        ref = _reuse(ctx, tracker, "eval", cached, tags, flat_params(params, "eval"))
-        ref["results"] = {k: json.loads(Path(p).read_text()) for k, p in ref["results_files"].items()}
-        return ref
 
-    run_id = tracker.start_run("eval", tags, parent_run_id=ctx.pipeline_run_id)
-    try:
-        tracker.log_params(run_id, flat_params(params, "eval"))
+    def produce(run_id: str) -> dict:
         results, files, summary = {}, {}, {}
         with cpu_slot(ctx):
             results["checkpoint"] = run_eval(params, checkpoint=qat["checkpoint"])
@@ -410,14 +415,13 @@ def eval_stage(ctx: Context, qat: dict, export: Optional[dict]) -> dict:
             summary.update({f"eval_{label}/{task}/primary": r["score"]
                             for task, r in res["tasks"].items() if r.get("score") is not None})
             tracker.log_artifacts(run_id, files[label], "eval")
-        ref = {"stage": "eval", "key": key, "run_id": run_id, "produced_by_run_id": run_id,
-               "results_files": files, "summary": summary, "reused": False}
-        _write_json_atomic(folder / "stage.json", ref)
-        tracker.end_run(run_id)
-        return {**ref, "results": results}
-    except BaseException:
-        tracker.end_run(run_id, "FAILED")
-        raise
+        return {"results_files": files, "summary": summary}
+
+    ref = _run_cached(ctx, tracker, "eval", key, folder, tags, flat_params(params, "eval"), produce,
+                      check=lambda ref: all(Path(p).is_file() for p in ref["results_files"].values()))
+    # the full results (for the card) stay in their files, not in stage.json or the artifact
+    ref["results"] = {k: json.loads(Path(p).read_text()) for k, p in ref["results_files"].items()}
+    return ref
 
 
 def _log_model_metrics(tracker: L.Tracker, run_id: str, model_id: str, metrics: dict) -> None:
@@ -440,13 +444,8 @@ def device_profile_stage(ctx: Context, export: dict) -> dict:
     tags = {**_stage_tags(ctx, "device_profile", key, export), L.PTE_SHA256: export["pte_sha256"],
             L.MODEL_ID: export.get("model_id"), L.INPUT_CHECKPOINT_SHA256: None}
     tags = {k: v for k, v in tags.items() if v is not None}
-    cached = _load_cached(folder, key, check=lambda ref: ref.get("result", {}).get("status") == "ok")
-    if cached is not None:
-        return _reuse(ctx, tracker, "device_profile", cached, tags, flat_params(params, "device_lab"))
 
-    run_id = tracker.start_run("device_profile", tags, parent_run_id=ctx.pipeline_run_id)
-    try:
-        tracker.log_params(run_id, flat_params(params, "device_lab"))
+    def produce(run_id: str) -> dict:
         with cpu_slot(ctx, local=params.device_lab.queue is None):
             result = run_device_profile(params, export["pte"], export["tokenizer"], folder / "work",
                                         labels={"pipeline_run_id": ctx.pipeline_run_id,
@@ -456,17 +455,15 @@ def device_profile_stage(ctx: Context, export: dict) -> dict:
         if export.get("model_id"):
             _log_model_metrics(tracker, run_id, export["model_id"], metrics)
         tracker.log_dict(run_id, result, "device_profile_result.json")
-        ref = {"stage": "device_profile", "key": key, "run_id": run_id, "produced_by_run_id": run_id,
-               "result": result, "summary": metrics, "pte_sha256": export["pte_sha256"],
-               "model_id": export.get("model_id"), "reused": False}
-        if result.get("status") == "ok":  # errors are not cached: the next run tries again
-            _write_json_atomic(folder / "stage.json", ref)
         tracker.set_tags(run_id, {L.DEVICE_STATUS: result.get("status")})
-        tracker.end_run(run_id, "FINISHED" if result.get("status") == "ok" else "FAILED")
-        return ref
-    except BaseException:
-        tracker.end_run(run_id, "FAILED")
-        raise
+        return {"result": result, "summary": metrics, "pte_sha256": export["pte_sha256"],
+                "model_id": export.get("model_id")}
+
+    def ok(ref: dict) -> bool:  # errors are not cached: the next run tries again
+        return ref.get("result", {}).get("status") == "ok"
+
+    return _run_cached(ctx, tracker, "device_profile", key, folder, tags,
+                       flat_params(params, "device_lab"), produce, check=ok, keep=ok)
 
 
 # --- the science check --------------------------------------------------------------------------
@@ -474,9 +471,7 @@ def dense_baseline_stage(ctx: Context, pretrain: dict) -> dict:
     """Pre-train the dense model with the MoE's active parameters on the same batches."""
     import dataclasses
 
-    from .data.paths import data_paths
     from .model.accounting import account
-    from .train import run_stage
     from .train.dense import dense_counterpart
 
     params = ctx.parsed
@@ -485,36 +480,10 @@ def dense_baseline_stage(ctx: Context, pretrain: dict) -> dict:
     dense_params = dataclasses.replace(params, model=dense_model)
     key = stage_key("pretrain", dense_params, None, ctx.data_version or {}, ctx.code_version)
     folder = _stage_folder(ctx, "dense_baseline", key)
-    tags = _stage_tags(ctx, "dense_baseline", key, None)
     flat = {**flat_params(dense_params, "model"), **flat_params(params, "pretrain")}
-    cached = _load_cached(folder, key)
-    if cached is None:
-        run_id = tracker.start_run("dense_baseline", tags, parent_run_id=ctx.pipeline_run_id)
-        try:
-            tracker.log_params(run_id, flat)
-            sink = _MlflowSink(tracker, run_id)
-            with cpu_slot(ctx):
-                result = run_stage(dense_params, "pretrain",
-                                   data_dir=data_paths(params, root=ctx.root).root,
-                                   out_dir=folder / "work", callbacks=[sink])
-            sink.flush()
-            summary = result.summary()
-            tracker.log_metrics(run_id, _numbers(summary))
-            from .checkpoint import checkpoint_sha256
-
-            cached = {"stage": "dense_baseline", "key": key, "run_id": run_id,
-                      "produced_by_run_id": run_id, "checkpoint": str(result.checkpoint),
-                      "checkpoint_sha256": checkpoint_sha256(result.checkpoint),
-                      "summary": summary, "history": result.history_for_plots(), "reused": False}
-            tracker.set_tags(run_id, {L.CHECKPOINT_SHA256: cached["checkpoint_sha256"]})
-            _write_json_atomic(folder / "stage.json", cached)
-            tracker.end_run(run_id)
-            ref = cached
-        except BaseException:
-            tracker.end_run(run_id, "FAILED")
-            raise
-    else:
-        ref = _reuse(ctx, tracker, "dense_baseline", cached, tags, flat)
+    ref = _run_cached(ctx, tracker, "dense_baseline", key, folder,
+                      _stage_tags(ctx, "dense_baseline", key, None), flat,
+                      lambda run_id: _train(ctx, tracker, run_id, dense_params, "pretrain", folder, None))
     seq = params.pretrain.seq_len
     moe_acc, dense_acc = account(params.model, seq), account(dense_model, seq)
     moe_val, dense_val = pretrain["summary"].get("last_val_loss"), ref["summary"].get("last_val_loss")

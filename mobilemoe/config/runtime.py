@@ -14,7 +14,9 @@ class RuntimeConfig:
     # torch intra-op threads per process. On a 2-core machine with other work running,
     # oversubscribed threads made a step 20x slower (STACK.md): keep this explicit.
     threads: int = 2
-    # Metaflow foreach branches / parallel jobs at once (threads x workers <= cores).
+    # Heavy local work at once: the flow's parallel branches (eval | device_profile |
+    # dense_baseline) each take one of these slots (a file lock in the artifact store),
+    # so on a small machine they run one after another (keep threads x workers <= cores).
     parallel_workers: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
     # Training precision: auto = bf16 autocast on GPU, fp32 on CPU.
@@ -32,8 +34,8 @@ class TrackingConfig:
     # servers read them from the environment.
     uri: Optional[str] = None
     experiment: str = "mobilemoe"
-    # Where stage outputs (checkpoints, .pte) are cached by key; a local folder
-    # (relative to the project) or s3://bucket/prefix.
+    # Where stage outputs (checkpoints, .pte) are cached by key: a local folder (relative
+    # to the project). Object storage (s3://) is refused for now; sync the folder instead.
     artifact_store: str = "artifacts"
 
     def validate(self, key: str) -> None:
