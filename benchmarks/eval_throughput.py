@@ -7,12 +7,14 @@ repeats (median of CPU seconds of this process). Also times greedy ``generate_un
 batched vs one at a time.
 
 "One at a time" is our model at ``batch_size=1``: one forward pass per request, nothing
-shared. "Batched" packs requests by a token budget, computes identical inputs once and
-runs a shared context (the k answers of a question) once through the KV cache. On one
-CPU thread the tiny model is compute-bound beyond a few dozen tokens (the table's last
-lines print its fixed cost per forward call and its cost per token), so batching removes
-the per-call overhead and the repeated contexts, not the rest: the ratio is highest on
-short multiple-choice requests and lowest on long ones (BoolQ passages).
+shared. "Batched" packs the distinct inputs of many requests as prefix trees into rows of
+the model's window (``mobilemoe.eval.scoring``): a context shared by a question's k
+answers, or the common start of two inputs, is computed once, and short requests fill a
+row instead of padding it. On one CPU thread the tiny model is compute-bound beyond a few
+dozen tokens (the table's last lines print its fixed cost per forward call and its cost
+per token), so batching removes the per-call overhead and the repeated tokens, not the
+rest: the ratio is highest on short multiple-choice requests and lowest on long ones
+(BoolQ passages, whose two answers share one input either way).
 
 Prints a table and, last, one JSON line with ``batched_vs_single`` (issue target: >= 5).
 
@@ -152,7 +154,7 @@ def main() -> None:
           f"{total['single'] / total['batched']:>7.2f}")
     print(f"model forward: {fixed_ms:.2f} ms per call (1 token) + {per_token_us:.0f} us per token "
           f"(16 x 128): one request at a time spends ~{fixed_ms:.1f} ms of overhead per "
-          "request, the rest is compute that batching cannot remove (only shared contexts do)")
+          "request, the rest is compute that batching cannot remove (only shared prefixes do)")
     print(f"generate_until, {len(gen)} prompts x <= 32 tokens: batched {gmed['batched']:.2f} s, "
           f"one at a time {gmed['single']:.2f} s ({gmed['single'] / gmed['batched']:.2f}x)")
     print(json.dumps({

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..tokens import PAD_ID
-from .kv import activation_device_dtype
+from .forward import activation_device_dtype
 
 
 def greedy_generate(model, prompts: list[list[int]], max_new_tokens: list[int],

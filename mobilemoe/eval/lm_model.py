@@ -51,8 +51,9 @@ def _int_arg(name: str, value, default: Optional[int]) -> Optional[int]:
 class _TokenLM(TemplateLM):
     """Shared tokenization, request handling and statistics; subclasses provide
     ``_logits_last(rows, n_last)`` (logits of the scored positions), optionally
-    ``_prefill(prefixes, max_suffix)`` (shared contexts), and ``_generate(prompts, budgets,
-    should_stop)``. ``batch_size`` rows of the full window is the token budget per pass."""
+    ``_logits_tree(tokens, positions, mask, pick)`` (packed prefix trees), and
+    ``_generate(prompts, budgets, should_stop)``. ``batch_size`` rows of the full window is
+    the token budget per pass."""
 
     backend = "causal"
 
@@ -185,7 +186,7 @@ class _TokenLM(TemplateLM):
 
         with tqdm(total=len(windows), disable=disable_tqdm, desc=f"mobilemoe {what}") as bar:
             return score_windows(windows, self._logits_last, self.batch_size, self.max_length,
-                                 progress=bar.update, prefill_fn=self._prefill)
+                                 progress=bar.update, tree_fn=self._logits_tree)
 
     # -- generation ------------------------------------------------------------------
     def _gen_budget(self, n_ctx: int, max_gen: int) -> tuple[int, int]:
@@ -248,7 +249,7 @@ class _TokenLM(TemplateLM):
         return texts
 
     # -- model hooks -----------------------------------------------------------------
-    _prefill = None  # optional: shared contexts run once (scoring.score_windows, eval.kv)
+    _logits_tree = None  # optional: packed prefix trees (scoring.score_windows)
 
     def _logits_last(self, rows: list[list[int]], n_last: list[int]):
         raise NotImplementedError
@@ -318,7 +319,7 @@ class MobileMoELM(_TokenLM):
     def _logits_last(self, rows: list[list[int]], n_last: list[int]):
         import torch
 
-        from .kv import hidden_states
+        from .forward import hidden_states
 
         T = max(len(r) for r in rows)
         # Right padding: a causal model's real positions never see the pads after them.
@@ -330,10 +331,15 @@ class MobileMoELM(_TokenLM):
             picked = torch.cat([h[i, len(r) - n:len(r)] for i, (r, n) in enumerate(zip(rows, n_last))])
             return list(head(picked).split(list(n_last)))
 
-    def _prefill(self, prefixes: list[list[int]], max_suffix: int):
-        from .kv import CachedPrefixes
+    def _logits_tree(self, tokens, positions, mask, pick):
+        import torch
 
-        return CachedPrefixes(self.model, prefixes, max_suffix)
+        from .forward import hidden_states
+
+        dev = self.device_name
+        with torch.inference_mode(), hidden_states(self.model) as head:
+            h = self.model(tokens.to(dev), positions=positions.to(dev), attn_mask=mask.to(dev))
+            return head(h.reshape(-1, h.shape[-1]).index_select(0, pick.to(dev)))
 
     def _generate(self, prompts, budgets, should_stop) -> list[list[int]]:
         from .generation import greedy_generate

@@ -9,7 +9,7 @@ import torch
 from eval_helpers import instances
 
 from mobilemoe.eval.scoring import continuation_windows
-from mobilemoe.tokens import BOS_ID
+from mobilemoe.tokens import BOS_ID, PAD_ID
 
 PAIRS = [
     ("The capital of France is", " Paris"),
@@ -66,22 +66,72 @@ def _random_pairs(tok, n: int, seed: int = 0):
 def test_batched_equals_unbatched(smoke_lm, monkeypatch):
     pairs = _random_pairs(smoke_lm.tok, 40)
     reqs = instances("loglikelihood", pairs)
-    prefilled = []
-    real = smoke_lm._prefill
-    monkeypatch.setattr(smoke_lm, "_prefill", lambda p, n: (prefilled.append(len(p)), real(p, n))[1])
+    fed = []  # real (non-pad) tokens of every packed forward
+    real = smoke_lm._logits_tree
+
+    def counting(tokens, positions, mask, pick):
+        fed.append(int((tokens != PAD_ID).sum()))
+        return real(tokens, positions, mask, pick)
+
+    monkeypatch.setattr(smoke_lm, "_logits_tree", counting)
     old = smoke_lm.batch_size
     try:
         smoke_lm.batch_size = 1  # the reference: one plain forward per request
         single = smoke_lm.loglikelihood(reqs)
-        assert not prefilled
+        assert not fed
         smoke_lm.batch_size = 16
         batched = smoke_lm.loglikelihood(reqs)
     finally:
         smoke_lm.batch_size = old
-    assert sum(prefilled) >= 5  # the five shared contexts (at least) ran once each
+    inputs = set()
+    for ctx, cont in pairs:
+        c, x = smoke_lm._encode_pair_or_empty(ctx, cont)
+        inputs |= {w.inp for w in continuation_windows(c, x, smoke_lm.max_length)[0]}
+    prefixes = {inp[:k] for inp in inputs for k in range(1, len(inp) + 1)}
+    # Every distinct prefix is computed once, give or take the prefixes that a row
+    # boundary cuts (the first input of a row brings its own copy).
+    assert len(prefixes) <= sum(fed) < len(prefixes) + len(fed) * smoke_lm.max_length // 2
+    assert sum(fed) < sum(len(i) for i in inputs) - 5 * 10  # the five contexts, once each
     diffs = [abs(a[0] - b[0]) for a, b in zip(single, batched)]
     assert max(diffs) < 1e-5
     assert [a[1] for a in single] == [b[1] for b in batched]
+
+
+def _random_tokens(rnd, n: int) -> list[tuple[int, ...]]:
+    """Token tuples with shared prefixes (k answers after a context), duplicates and
+    prefixes of each other: what lm-eval's requests look like to the packer."""
+    out = []
+    for _ in range(n):
+        ctx = [1] + [rnd.randrange(6, 50) for _ in range(rnd.randint(0, 40))]
+        for _ in range(rnd.randint(1, 4)):
+            out.append(tuple(ctx + [rnd.randrange(6, 50) for _ in range(rnd.randint(1, 12))]))
+    out.append(out[0][:3])  # a prefix of another input
+    return list(set(out))
+
+
+@pytest.mark.parametrize("capacity", [60, 1000])
+def test_prefix_tree_rows_hold_every_input_with_its_ancestors(capacity):
+    from mobilemoe.eval.scoring import build_packed, pack_prefix_trees
+
+    rnd = random.Random(capacity)
+    inputs = _random_tokens(rnd, 30)
+    rows = pack_prefix_trees(inputs, capacity)
+    packed = build_packed(rows)
+    assert sorted(packed.inputs) == sorted(inputs)
+    tokens, positions, mask = packed.tokens, packed.positions, packed.mask
+    for inp, (r, path) in zip(packed.inputs, packed.paths):
+        assert tokens[r, path].tolist() == list(inp)
+        assert positions[r, path].tolist() == list(range(len(inp)))
+        for j, node in enumerate(path):  # attends to exactly its ancestors and itself
+            assert set(torch.nonzero(mask[r, node]).flatten().tolist()) == set(path[:j + 1])
+    assert not mask.triu(1).any()  # ancestors come first: the model's blocked attention
+    assert all(size <= capacity for size in packed.sizes)
+    assert packed.sizes == [int((tokens[r] != PAD_ID).sum()) for r in range(len(rows))]
+    prefixes = {inp[:k] for inp in inputs for k in range(1, len(inp) + 1)}
+    if capacity == 1000:  # one row: a real prefix tree, every distinct prefix once
+        assert len(rows) == 1 and packed.sizes == [len(prefixes)]
+    else:
+        assert len(rows) > 1 and sum(packed.sizes) < sum(map(len, inputs))
 
 
 def test_long_context_truncated_from_the_left_and_counted(smoke_lm):

@@ -90,6 +90,60 @@ def test_padding_mask_matches_unpadded(seed):
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("block", [4, 1000])  # query blocks of packed rows, or one block
+def test_packed_prefix_tree_row_equals_separate_forwards(name, block, seed, monkeypatch):
+    """Three sequences in one row as a prefix tree (b shares a's first 20 tokens; c is a
+    separate tree), at per-token positions with an ancestor mask, plus a padded row: each
+    token gets the output of its own sequence's plain causal forward."""
+    import mobilemoe.model.transformer as transformer
+
+    monkeypatch.setattr(transformer, "PACKED_QUERY_BLOCK", block)
+    model = build_model(CONFIGS[name]).eval()
+    a = torch.randint(6, 300, (30,))
+    b = torch.cat([a[:20], torch.randint(6, 300, (9,))])
+    c = torch.randint(6, 300, (12,))
+    T = 30 + 9 + 12 + 3  # three pads at the end
+    tokens = torch.zeros(2, T, dtype=torch.long)
+    tokens[0, :51] = torch.cat([a, b[20:], c])
+    tokens[1, :12] = c
+    positions = torch.zeros(2, T, dtype=torch.long)
+    positions[0, :51] = torch.cat([torch.arange(30), torch.arange(20, 29), torch.arange(12)])
+    positions[1, :12] = torch.arange(12)
+    mask = torch.eye(T, dtype=torch.bool).repeat(2, 1, 1)
+    mask[0, :30, :30] = torch.ones(30, 30).tril().bool()                      # a: causal
+    mask[0, 30:39, :20] = True                                                # b: a's prefix ...
+    mask[0, 30:39, 30:39] = torch.ones(9, 9).tril().bool()                    # ... then its own
+    mask[0, 39:51, 39:51] = torch.ones(12, 12).tril().bool()                  # c: its own tree
+    mask[1, :12, :12] = torch.ones(12, 12).tril().bool()
+    with torch.no_grad():
+        out = model(tokens, positions=positions, attn_mask=mask)
+        ref_a, ref_b, ref_c = (model(s.unsqueeze(0))[0] for s in (a, b, c))
+    assert torch.allclose(out[0, :30], ref_a, atol=1e-5)
+    assert torch.allclose(out[0, 30:39], ref_b[20:], atol=1e-5)
+    assert torch.allclose(out[0, 39:51], ref_c, atol=1e-5)
+    assert torch.allclose(out[1, :12], ref_c, atol=1e-5)
+    assert torch.isfinite(out).all()  # padding rows attend to themselves only
+    # A mask with keys above the diagonal (c packed BEFORE a here) takes the unblocked path.
+    mask2 = mask[:1].clone()
+    perm = torch.cat([torch.arange(39, 51), torch.arange(0, 39), torch.arange(51, T)])
+    mask2 = mask2[:, perm][:, :, perm]
+    with torch.no_grad():
+        out2 = model(tokens[:1, perm], positions=positions[:1, perm], attn_mask=mask2)
+    assert torch.allclose(out2[0, :12], ref_c, atol=1e-5)
+    assert torch.allclose(out2[0, 12:42], ref_a, atol=1e-5)
+
+
+def test_packed_rows_reject_mismatched_inputs(seed):
+    model = build_model(CONFIGS["moe-sigmoid"]).eval()
+    x = torch.randint(6, 300, (1, 5))
+    pos = torch.arange(5).unsqueeze(0)
+    with pytest.raises(ValueError, match="attn_mask"):
+        model(x, positions=pos, attn_mask=torch.ones(1, 5, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="both positions and attn_mask"):
+        model(x, positions=pos)
+
+
 def _reference_routing(cfg: MoEConfig, weight, bias, x):
     """Plain per-token routing (no batching tricks), as PAPER.md describes it."""
     out_idx, out_w = [], []
