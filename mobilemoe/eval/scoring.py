@@ -19,7 +19,7 @@ model) the distinct inputs, sorted, are packed as PREFIX TREES into rows of at m
 context of a question's k answers, the common start of WinoGrande's two sentences) is
 computed once, and short inputs fill one row instead of padding k rows; each token
 attends to its own ancestors only (an explicit mask), at its own RoPE position, so every
-input gets exactly the hidden states of its own forward pass. Without one (the ``.pte``:
+input gets the hidden states of its own forward pass (to float rounding). Without one (the ``.pte``:
 one program run per row) inputs are batched plainly through ``logits_fn(rows, n_last)``:
 per row, the logits of its last positions (the only ones scored). Log-probabilities are
 taken in fp32, for all scored positions of a pass at once.
@@ -33,7 +33,6 @@ from typing import Callable, Optional, Sequence
 
 # (rows, n_last) -> per row the logits (n_last[i], V) of its last n_last[i] positions
 LogitsFn = Callable[[list[list[int]], list[int]], Sequence["object"]]
-
 
 # (tokens (B, T), positions (B, T), attn_mask (B, T, T), pick (N,) flat indices into B*T)
 #   -> logits (N, V) at the picked positions of packed rows (PackedRows)
@@ -178,9 +177,9 @@ def score_windows(windows: Sequence[Window], logits_fn: LogitsFn, batch_size: in
         if progress is not None:
             progress(sum(len(by_input[inp]) for inp in inputs))
 
-    if tree_fn is not None:
-        import torch
+    import torch
 
+    if tree_fn is not None:
         rows = pack_prefix_trees(list(by_input), max_len)
         size = {id(row): sum(len(inp) - shared for inp, shared in row) for row in rows}
         rows.sort(key=lambda row: -size[id(row)])
@@ -202,8 +201,6 @@ def score_windows(windows: Sequence[Window], logits_fn: LogitsFn, batch_size: in
         for inp in chunk:
             spans[inp] = (k, n_last[inp])
             k += n_last[inp]
-        import torch
-
         _score_picked(windows, by_input, spans, torch.cat([torch.as_tensor(o) for o in out]), results)
         done(chunk)
     return results
