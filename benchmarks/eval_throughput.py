@@ -80,12 +80,12 @@ def real_requests(tasks: list[str], docs: int) -> dict[str, list]:
 
 def computed_tokens(lm, reqs) -> tuple[int, int]:
     """(tokens one at a time computes, tokens the packed prefix trees compute)."""
-    from mobilemoe.eval.scoring import continuation_windows, pack_prefix_trees
+    from mobilemoe.eval.scoring import continuation_windows, pack_prefix_trees, row_nodes
 
     windows = [w for r in reqs
                for w in continuation_windows(*lm._encode_pair_or_empty(*r.args), lm.max_length)[0]]
     rows = pack_prefix_trees({w.inp for w in windows}, lm.max_length)
-    return sum(len(w.inp) for w in windows), sum(len(i) - shared for row in rows for i, shared in row)
+    return sum(len(w.inp) for w in windows), sum(row_nodes(row) for row in rows)
 
 
 def forward_costs(model, repeats: int = 5) -> tuple[float, float]:

@@ -95,6 +95,11 @@ class PackedRows:
     sizes: list[int]     # nodes (real tokens) per row
 
 
+def row_nodes(row: list[tuple[tuple[int, ...], int]]) -> int:
+    """Tokens (tree nodes) of a packed row: each input brings what it does not share."""
+    return sum(len(inp) - shared for inp, shared in row)
+
+
 def pack_prefix_trees(inputs: Sequence[tuple[int, ...]], capacity: int) -> list[list[tuple[tuple[int, ...], int]]]:
     """Distinct inputs -> rows of (input, tokens it shares with the previous input of its
     row). Inputs are sorted, so inputs with a common prefix are neighbours and a prefix
@@ -122,7 +127,7 @@ def build_packed(rows: list[list[tuple[tuple[int, ...], int]]]) -> PackedRows:
 
     from ..tokens import PAD_ID
 
-    sizes = [sum(len(inp) - shared for inp, shared in row) for row in rows]
+    sizes = [row_nodes(row) for row in rows]
     B, T = len(rows), max(sizes)
     tokens = np.full((B, T), PAD_ID, dtype=np.int64)
     positions = np.zeros((B, T), dtype=np.int64)
@@ -180,10 +185,8 @@ def score_windows(windows: Sequence[Window], logits_fn: LogitsFn, batch_size: in
     import torch
 
     if tree_fn is not None:
-        rows = pack_prefix_trees(list(by_input), max_len)
-        size = {id(row): sum(len(inp) - shared for inp, shared in row) for row in rows}
-        rows.sort(key=lambda row: -size[id(row)])
-        for chunk in _pack(rows, lambda row: size[id(row)], batch_size * max_len):
+        rows = sorted(pack_prefix_trees(list(by_input), max_len), key=lambda row: -row_nodes(row))
+        for chunk in _pack(rows, row_nodes, batch_size * max_len):
             packed = build_packed(chunk)
             T = packed.tokens.shape[1]
             pick, spans = [], {}

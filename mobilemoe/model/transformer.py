@@ -256,19 +256,18 @@ class MobileMoE(nn.Module):
         B, T = tokens.shape
         if (positions is None) != (attn_mask is None):
             raise ValueError("packed rows need both positions and attn_mask")
+        h = self.tok_embeddings(tokens)
         if positions is not None:
             if input_pos is not None or key_valid is not None:
                 raise ValueError("packed rows (positions, attn_mask) run without the KV cache")
             freqs = positions.float().unsqueeze(-1) * self.inv_freq  # (B, T, hd/2)
             cos, sin = freqs.cos().unsqueeze(1), freqs.sin().unsqueeze(1)
+            full, local = self._packed_masks(positions, attn_mask, h.dtype)
         else:
             pos = input_pos if input_pos is not None else torch.arange(T, device=tokens.device)
             freqs = pos.float().unsqueeze(1) * self.inv_freq.unsqueeze(0)
             cos, sin = freqs.cos(), freqs.sin()
             full, local = self._masks(T, input_pos, key_valid, tokens.device)
-        h = self.tok_embeddings(tokens)
-        if positions is not None:
-            full, local = self._packed_masks(positions, attn_mask, h.dtype)
         for layer in self.layers:
             mask = local if layer.attn.window is not None else full
             h = layer(h, cos, sin, input_pos, mask)
