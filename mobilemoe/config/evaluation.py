@@ -23,7 +23,8 @@ class EvalConfig:
     # itself excluded (MMLU: its dev split), since no training splits are bundled.
     num_fewshot: int = 0
     # Rows of the model's full context per forward pass: the token budget of a batch
-    # (shorter requests are packed more densely). 1 = one request per forward pass.
+    # (requests are packed as prefix trees into those rows, shared prefixes computed
+    # once; mobilemoe.eval.scoring). 1 = one request per forward pass.
     batch_size: int = 16
     # offline = tasks from bundled files; hub = lm-eval's official tasks (needs network).
     source: Literal["offline", "hub"] = "offline"
