@@ -1,0 +1,96 @@
+"""mobilemoe_kernels: a CPU MoE feed-forward kernel over the top-k experts' INT4 weights.
+
+* ``mobilemoe_kernels.ops``: torch ops ``mmoe::moe_ffn_8da4w`` / ``mmoe::moe_ffn_f32``
+  (functional + ``.out``; CPU = the pure-torch reference, Meta = shapes) for eager runs and
+  ``torch.export``.
+* ``load()``: loads ``lib/libmobilemoe_kernels.so`` (the ExecuTorch kernels of the same
+  ops, plus raw ``extern "C"`` entry points) once per process, so ExecuTorch programs that
+  call the ops can run.
+* ``pack`` / ``reference``: weight packing and the numerics.
+
+Importing this package is cheap (no torch import). Stands alone: never imports
+``mobilemoe`` or ``device_lab``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from pathlib import Path
+
+__all__ = ["OPERATORS", "KernelLibraryError", "library_path", "load", "is_loaded", "isa", "raw"]
+
+OPERATORS = ("mmoe::moe_ffn_8da4w", "mmoe::moe_ffn_f32")
+
+_LOCK = threading.Lock()
+_LIB: ctypes.CDLL | None = None
+_LOADED_PATH: Path | None = None
+# Guard across copies of this package in one process (two libraries registering the same
+# op names abort the process): the loaded path is kept in the environment of the process.
+_ENV_GUARD = "_MOBILEMOE_KERNELS_LOADED"
+
+
+class KernelLibraryError(RuntimeError):
+    """The kernel library is missing or cannot be loaded."""
+
+
+def library_path() -> Path:
+    return Path(__file__).resolve().parent / "lib" / "libmobilemoe_kernels.so"
+
+
+def is_loaded() -> bool:
+    return _LIB is not None
+
+
+def load() -> Path:
+    """Load the kernel library into the process (idempotent) and return its path."""
+    global _LIB, _LOADED_PATH
+    with _LOCK:
+        if _LIB is not None:
+            return _LOADED_PATH  # type: ignore[return-value]
+        path = library_path()
+        other = os.environ.get(_ENV_GUARD)
+        if other and Path(other) != path:
+            raise KernelLibraryError(
+                f"another copy of libmobilemoe_kernels is already loaded in this process ({other}); "
+                "loading a second one would register mmoe:: ops twice and abort"
+            )
+        if not path.exists():
+            raise KernelLibraryError(
+                f"{path} is missing: build it with `make setup` or `python -m mobilemoe_kernels.build`"
+            )
+        # The shared libexecutorch.so (the one kernel registry) must be loaded first.
+        import executorch.extension.pybindings._C  # noqa: F401
+
+        try:
+            lib = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        except OSError as e:
+            raise KernelLibraryError(f"cannot load {path}: {e}") from e
+        _declare(lib)
+        os.environ[_ENV_GUARD] = str(path)
+        _LIB, _LOADED_PATH = lib, path
+        return path
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.mmoe_moe_ffn_8da4w_raw.argtypes = [p, p, p, i64, i64, i64, i64, i64, p, p, p, p, p, p, p]
+    lib.mmoe_moe_ffn_8da4w_raw.restype = ctypes.c_int
+    lib.mmoe_moe_ffn_f32_raw.argtypes = [p, p, p, i64, i64, i64, i64, i64, p, p, p]
+    lib.mmoe_moe_ffn_f32_raw.restype = ctypes.c_int
+    lib.mmoe_isa.restype = ctypes.c_char_p
+    lib.mmoe_set_isa.argtypes = [ctypes.c_char_p]
+    lib.mmoe_set_isa.restype = ctypes.c_int
+    lib.mmoe_last_error.restype = ctypes.c_char_p
+
+
+def raw() -> ctypes.CDLL:
+    """The loaded library as a ctypes handle (``mmoe_moe_ffn_8da4w_raw``, ``mmoe_isa``, ...)."""
+    load()
+    return _LIB  # type: ignore[return-value]
+
+
+def isa() -> str:
+    """The SIMD path the kernels use: portable, avx2 or avx512vnni (env MOBILEMOE_KERNELS_ISA forces one)."""
+    return raw().mmoe_isa().decode()

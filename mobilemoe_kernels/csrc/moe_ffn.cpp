@@ -1,0 +1,480 @@
+// MoE SwiGLU feed-forward reading only the chosen experts' INT4 (R16K4) weights.
+//
+// Algorithm (prefill and decode alike):
+//  1. check ids; counting sort of the T*K (token, slot) pairs by expert (stable);
+//  2. per-token asymmetric INT8 quantization of x (torchao numerics);
+//  3. W13 GEMM: work items (active expert, 16-row block); each item runs its expert's
+//     tokens in micro-tiles of up to NT tokens x 16 rows, unpacking each weight group
+//     once per tile; results go to gu[sorted pair, 2H];
+//  4. h = silu(gate) * up, per-pair INT8 quantization;
+//  5. W2 GEMM like 3 into y[sorted pair, D];
+//  6. out[t] = sum_k gates[t,k] * y[pair(t,k)] in k order.
+// Work items run on ExecuTorch's threadpool; every output element is produced by one
+// item in a fixed order, so results do not depend on the thread count.
+//
+// Integer trick (all SIMD paths): weight nibbles v = q + 8 in [0, 15] (nibble ^ 8) are the
+// unsigned operand, activations q_a in [-128, 127] the signed one:
+//   sum_c q_w (q_a - zp) = [sum_c v q_a - 8 sum_c q_a] - zp * sum_c q_w,
+// the bracket per group (exact int32), the last term via corr[n] (pack.py).
+
+#include "moe_ffn.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+#include <algorithm>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define MMOE_X86 1
+#endif
+
+#include <executorch/runtime/kernel/thread_parallel_interface.h>
+
+namespace mmoe {
+namespace {
+
+thread_local std::string g_last_error;
+
+enum Isa { kPortable = 0, kAvx2 = 1, kAvx512Vnni = 2 };
+const char* kIsaNames[] = {"portable", "avx2", "avx512vnni"};
+
+bool isa_supported(int isa) {
+#ifdef MMOE_X86
+  __builtin_cpu_init();
+  if (isa == kAvx2)
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+  if (isa == kAvx512Vnni)
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+           __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
+#endif
+  return isa == kPortable;
+}
+
+int best_isa() {
+  if (isa_supported(kAvx512Vnni)) return kAvx512Vnni;
+  if (isa_supported(kAvx2)) return kAvx2;
+  return kPortable;
+}
+
+int parse_isa(const char* s) {
+  if (!s) return -1;
+  for (int i = 0; i < 3; ++i)
+    if (std::strcmp(s, kIsaNames[i]) == 0) return i;
+  return -1;
+}
+
+int initial_isa() {
+  const char* env = std::getenv("MOBILEMOE_KERNELS_ISA");
+  if (env && *env) {
+    int want = parse_isa(env);
+    if (want < 0) {
+      std::fprintf(stderr, "mobilemoe_kernels: unknown MOBILEMOE_KERNELS_ISA=%s; using %s\n", env,
+                   kIsaNames[best_isa()]);
+    } else if (!isa_supported(want)) {
+      std::fprintf(stderr, "mobilemoe_kernels: MOBILEMOE_KERNELS_ISA=%s not supported here; using %s\n",
+                   env, kIsaNames[best_isa()]);
+    } else {
+      return want;
+    }
+  }
+  return best_isa();
+}
+
+int& current_isa() {
+  static int isa = initial_isa();
+  return isa;
+}
+
+inline float half_to_float(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1F;
+  uint32_t man = h & 0x3FF;
+  uint32_t bits;
+  if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else {  // subnormal
+      int e = -1;
+      do { ++e; man <<= 1; } while (!(man & 0x400));
+      bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3FF) << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7F800000u | (man << 13);
+  } else {
+    bits = sign | ((exp - 15 + 127) << 23) | (man << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// ---- activation quantization (torchao choose_qparams_affine + quantize_affine) ----
+struct ActRow {
+  const int8_t* q;   // [C]
+  const int32_t* gs; // [C/32] group sums of q
+  float scale;
+  int32_t zp;
+};
+
+void quant_row(const float* v, int64_t C, int8_t* q, int32_t* gsum, float* scale_out, int32_t* zp_out) {
+  float mn = v[0], mx = v[0];
+  for (int64_t i = 1; i < C; ++i) { mn = std::min(mn, v[i]); mx = std::max(mx, v[i]); }
+  float min_neg = std::min(mn, 0.0f);
+  float max_pos = std::max(mx, 0.0f);
+  float scale = (max_pos - min_neg) / 255.0f;
+  scale = std::max(scale, 1.17549435e-38f);
+  float zpf = -128.0f - std::nearbyint(min_neg / scale);
+  zpf = std::min(std::max(zpf, -128.0f), 127.0f);
+  float inv = 1.0f / scale;
+  for (int64_t i = 0; i < C; ++i) {
+    float r = std::nearbyint(v[i] * inv) + zpf;
+    r = std::min(std::max(r, -128.0f), 127.0f);
+    q[i] = (int8_t)r;
+  }
+  for (int64_t g = 0; g < C / 32; ++g) {
+    int32_t s = 0;
+    for (int j = 0; j < 32; ++j) s += q[g * 32 + j];
+    gsum[g] = s;
+  }
+  *scale_out = scale;
+  *zp_out = (int32_t)zpf;
+}
+
+// ---- 16-row x NT-token micro-kernels: acc[i*16 + r] = sum_g s[r,g] * dot_g(q_w[r], q_a[i]) ----
+// wp: row block start (G groups x 256 bytes); sc: G x 16 fp16 scales.
+
+void rb_portable(const uint8_t* wp, const uint16_t* sc, int64_t G, int nt, const ActRow* a, float* acc) {
+  for (int i = 0; i < nt; ++i) {
+    float* o = acc + i * 16;
+    for (int r = 0; r < 16; ++r) o[r] = 0.0f;
+    for (int64_t g = 0; g < G; ++g) {
+      const uint8_t* b = wp + g * 256;
+      const int8_t* qa = a[i].q + g * 32;
+      for (int r = 0; r < 16; ++r) {
+        int32_t d = 0;
+        for (int s = 0; s < 4; ++s) {
+          for (int j = 0; j < 4; ++j) {
+            uint8_t byte = b[s * 64 + r * 4 + j];
+            int lo = (int)(byte & 0xF); lo = lo >= 8 ? lo - 16 : lo;
+            int hi = (int)(byte >> 4); hi = hi >= 8 ? hi - 16 : hi;
+            d += lo * qa[s * 4 + j] + hi * qa[(s + 4) * 4 + j];
+          }
+        }
+        o[r] += half_to_float(sc[g * 16 + r]) * (float)d;
+      }
+    }
+  }
+}
+
+#ifdef MMOE_X86
+inline int32_t load_i32(const int8_t* p) { int32_t v; std::memcpy(&v, p, 4); return v; }
+
+template <int NT>
+__attribute__((target("avx2,fma,f16c"))) void rb_avx2_t(const uint8_t* wp, const uint16_t* sc, int64_t G,
+                                                          const ActRow* a, float* acc) {
+  const __m256i m0f = _mm256_set1_epi8(0x0F);
+  const __m256i x88 = _mm256_set1_epi8((char)0x88);
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int h = 0; h < 2; ++h) {
+    __m256 facc[NT];
+    for (int i = 0; i < NT; ++i) facc[i] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < G; ++g) {
+      const uint8_t* b = wp + g * 256 + h * 32;
+      __m256i w[8];
+      for (int s = 0; s < 4; ++s) {
+        __m256i raw = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(b + s * 64)), x88);
+        w[s] = _mm256_and_si256(raw, m0f);
+        w[s + 4] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m0f);
+      }
+      __m256 scale = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(sc + g * 16 + h * 8)));
+      for (int i = 0; i < NT; ++i) {
+        const int8_t* qa = a[i].q + g * 32;
+        __m256i s16 = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32(load_i32(qa)));
+        for (int s = 1; s < 8; ++s)
+          s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[s], _mm256_set1_epi32(load_i32(qa + s * 4))));
+        __m256i s32 = _mm256_sub_epi32(_mm256_madd_epi16(s16, ones), _mm256_set1_epi32(8 * a[i].gs[g]));
+        facc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), scale, facc[i]);
+      }
+    }
+    for (int i = 0; i < NT; ++i) _mm256_storeu_ps(acc + i * 16 + h * 8, facc[i]);
+  }
+}
+
+template <int NT>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c"))) void rb_vnni_t(
+    const uint8_t* wp, const uint16_t* sc, int64_t G, const ActRow* a, float* acc) {
+  const __m512i m0f = _mm512_set1_epi8(0x0F);
+  const __m512i x88 = _mm512_set1_epi8((char)0x88);
+  __m512 facc[NT];
+  for (int i = 0; i < NT; ++i) facc[i] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < G; ++g) {
+    const uint8_t* b = wp + g * 256;
+    __m512i w[8];
+    for (int s = 0; s < 4; ++s) {
+      __m512i raw = _mm512_xor_si512(_mm512_loadu_si512((const void*)(b + s * 64)), x88);
+      w[s] = _mm512_and_si512(raw, m0f);
+      w[s + 4] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m0f);
+    }
+    __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(sc + g * 16)));
+    for (int i = 0; i < NT; ++i) {
+      const int8_t* qa = a[i].q + g * 32;
+      __m512i s32 = _mm512_set1_epi32(-8 * a[i].gs[g]);
+      for (int s = 0; s < 8; ++s)
+        s32 = _mm512_dpbusd_epi32(s32, w[s], _mm512_set1_epi32(load_i32(qa + s * 4)));
+      facc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s32), scale, facc[i]);
+    }
+  }
+  for (int i = 0; i < NT; ++i) _mm512_storeu_ps(acc + i * 16, facc[i]);
+}
+
+void rb_avx2(const uint8_t* wp, const uint16_t* sc, int64_t G, int nt, const ActRow* a, float* acc) {
+  switch (nt) {
+    case 1: rb_avx2_t<1>(wp, sc, G, a, acc); break;
+    case 2: rb_avx2_t<2>(wp, sc, G, a, acc); break;
+    case 3: rb_avx2_t<3>(wp, sc, G, a, acc); break;
+    default: rb_avx2_t<4>(wp, sc, G, a, acc); break;
+  }
+}
+void rb_vnni(const uint8_t* wp, const uint16_t* sc, int64_t G, int nt, const ActRow* a, float* acc) {
+  switch (nt) {
+    case 1: rb_vnni_t<1>(wp, sc, G, a, acc); break;
+    case 2: rb_vnni_t<2>(wp, sc, G, a, acc); break;
+    case 3: rb_vnni_t<3>(wp, sc, G, a, acc); break;
+    case 4: rb_vnni_t<4>(wp, sc, G, a, acc); break;
+    case 5: rb_vnni_t<5>(wp, sc, G, a, acc); break;
+    case 6: rb_vnni_t<6>(wp, sc, G, a, acc); break;
+    case 7: rb_vnni_t<7>(wp, sc, G, a, acc); break;
+    default: rb_vnni_t<8>(wp, sc, G, a, acc); break;
+  }
+}
+#endif
+
+using RbFn = void (*)(const uint8_t*, const uint16_t*, int64_t, int, const ActRow*, float*);
+
+RbFn pick(int isa, int* nt_max) {
+#ifdef MMOE_X86
+  if (isa == kAvx512Vnni) { *nt_max = 8; return rb_vnni; }
+  if (isa == kAvx2) { *nt_max = 4; return rb_avx2; }
+#endif
+  *nt_max = 4;
+  return rb_portable;
+}
+
+struct Scratch {
+  std::vector<int64_t> counts, offsets, order, pos_of_pair, active;
+  std::vector<int8_t> qx, qh;
+  std::vector<int32_t> gx, gh, zx, zh;
+  std::vector<float> sx, sh, gu, y;
+};
+
+thread_local Scratch t_scratch;
+
+template <typename V>
+void ensure(V& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+}
+
+bool check_ids(const int64_t* ids, int64_t n, int64_t E) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (ids[i] < 0 || ids[i] >= E) {
+      char buf[160];
+      std::snprintf(buf, sizeof(buf), "mmoe: expert id %lld (at flat index %lld) out of range [0, %lld)",
+                    (long long)ids[i], (long long)i, (long long)E);
+      g_last_error = buf;
+      return false;
+    }
+  }
+  return true;
+}
+
+// Stable counting sort of pairs p = t*K + k by expert.
+void sort_pairs(Scratch& S, const int64_t* ids, int64_t P, int64_t E) {
+  ensure(S.counts, E); ensure(S.offsets, E + 1); ensure(S.order, P); ensure(S.pos_of_pair, P);
+  std::fill(S.counts.begin(), S.counts.begin() + E, 0);
+  for (int64_t p = 0; p < P; ++p) S.counts[ids[p]]++;
+  S.offsets[0] = 0;
+  S.active.clear();
+  for (int64_t e = 0; e < E; ++e) {
+    S.offsets[e + 1] = S.offsets[e] + S.counts[e];
+    if (S.counts[e]) S.active.push_back(e);
+  }
+  std::vector<int64_t>& fill = S.counts;  // reuse as cursor
+  for (int64_t e = 0; e < E; ++e) fill[e] = S.offsets[e];
+  for (int64_t p = 0; p < P; ++p) {
+    int64_t at = fill[ids[p]]++;
+    S.order[at] = p;
+    S.pos_of_pair[p] = at;
+  }
+}
+
+inline float silu(float v) { return v / (1.0f + std::exp(-v)); }
+
+void combine(const Scratch& S, const float* gates, const float* y, int64_t T, int64_t K, int64_t D, float* out) {
+  executorch::extension::parallel_for(0, T, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      float* o = out + t * D;
+      for (int64_t d = 0; d < D; ++d) o[d] = 0.0f;
+      for (int64_t k = 0; k < K; ++k) {
+        const float g = gates[t * K + k];
+        const float* yr = y + S.pos_of_pair[t * K + k] * D;
+        for (int64_t d = 0; d < D; ++d) o[d] += g * yr[d];
+      }
+    }
+  });
+}
+
+// One quantized GEMM stage: for each active expert and 16-row block, rows n of
+// out_rows[sorted pair, N] = act.scale * (acc - act.zp * corr[n]).
+void qgemm_stage(const Scratch& S, RbFn rb, int nt_max, const uint8_t* wp, const uint16_t* ws, const float* wc,
+                 int64_t N, int64_t Kin, const int8_t* qa, const int32_t* gsum, const float* sa, const int32_t* za,
+                 bool act_by_token, int64_t K, float* outp) {
+  const int64_t nrb = N / 16, G = Kin / 32;
+  const int64_t nitems = (int64_t)S.active.size() * nrb;
+  executorch::extension::parallel_for(0, nitems, 1, [&](int64_t ib, int64_t ie) {
+    ActRow rows[8];
+    alignas(64) float acc[8 * 16];
+    for (int64_t it = ib; it < ie; ++it) {
+      const int64_t e = S.active[it / nrb];
+      const int64_t r0 = it % nrb;
+      const uint8_t* wblk = wp + ((e * nrb + r0) * G) * 256;
+      const uint16_t* sblk = ws + ((e * nrb + r0) * G) * 16;
+      const float* corr = wc + e * N + r0 * 16;
+      const int64_t beg = S.offsets[e], end = S.offsets[e + 1];
+      for (int64_t j = beg; j < end; j += nt_max) {
+        const int nt = (int)std::min<int64_t>(nt_max, end - j);
+        for (int i = 0; i < nt; ++i) {
+          const int64_t src = act_by_token ? S.order[j + i] / K : (j + i);
+          rows[i].q = qa + src * Kin;
+          rows[i].gs = gsum + src * G;
+          rows[i].scale = sa[src];
+          rows[i].zp = za[src];
+        }
+        rb(wblk, sblk, G, nt, rows, acc);
+        for (int i = 0; i < nt; ++i) {
+          float* o = outp + (j + i) * N + r0 * 16;
+          const float sc = rows[i].scale;
+          const float zp = (float)rows[i].zp;
+          for (int r = 0; r < 16; ++r) o[r] = sc * (acc[i * 16 + r] - zp * corr[r]);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+const char* last_error() { return g_last_error.c_str(); }
+const char* isa_name() { return kIsaNames[current_isa()]; }
+
+int set_isa(const char* name) {
+  int want = parse_isa(name);
+  if (want < 0 || !isa_supported(want)) return -1;
+  current_isa() = want;
+  return 0;
+}
+
+int moe_ffn_8da4w(const float* x, const int64_t* ids, const float* gates, int64_t T, int64_t K, int64_t E,
+                  int64_t D, int64_t H, const uint8_t* w13p, const uint16_t* w13s, const float* w13c,
+                  const uint8_t* w2p, const uint16_t* w2s, const float* w2c, float* out) {
+  const int64_t P = T * K;
+  if (!check_ids(ids, P, E)) return 1;
+  Scratch& S = t_scratch;
+  sort_pairs(S, ids, P, E);
+  int nt_max = 4;
+  RbFn rb = pick(current_isa(), &nt_max);
+  const int64_t H2 = 2 * H;
+  // 2. quantize x per token
+  ensure(S.qx, T * D); ensure(S.gx, T * (D / 32)); ensure(S.sx, T); ensure(S.zx, T);
+  executorch::extension::parallel_for(0, T, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t)
+      quant_row(x + t * D, D, S.qx.data() + t * D, S.gx.data() + t * (D / 32), S.sx.data() + t, S.zx.data() + t);
+  });
+  // 3. W13
+  ensure(S.gu, P * H2);
+  qgemm_stage(S, rb, nt_max, w13p, w13s, w13c, H2, D, S.qx.data(), S.gx.data(), S.sx.data(), S.zx.data(), true, K,
+              S.gu.data());
+  // 4. SwiGLU + quantize h per pair (sorted order)
+  ensure(S.qh, P * H); ensure(S.gh, P * (H / 32)); ensure(S.sh, P); ensure(S.zh, P);
+  executorch::extension::parallel_for(0, P, 1, [&](int64_t b, int64_t e) {
+    float hbuf[4096];
+    std::vector<float> big;
+    float* hb = hbuf;
+    if (H > 4096) { big.resize(H); hb = big.data(); }
+    for (int64_t i = b; i < e; ++i) {
+      const float* g = S.gu.data() + i * H2;
+      for (int64_t j = 0; j < H; ++j) hb[j] = silu(g[j]) * g[H + j];
+      quant_row(hb, H, S.qh.data() + i * H, S.gh.data() + i * (H / 32), S.sh.data() + i, S.zh.data() + i);
+    }
+  });
+  // 5. W2
+  ensure(S.y, P * D);
+  qgemm_stage(S, rb, nt_max, w2p, w2s, w2c, D, H, S.qh.data(), S.gh.data(), S.sh.data(), S.zh.data(), false, K,
+              S.y.data());
+  // 6. combine
+  combine(S, gates, S.y.data(), T, K, D, out);
+  return 0;
+}
+
+int moe_ffn_f32(const float* x, const int64_t* ids, const float* gates, int64_t T, int64_t K, int64_t E, int64_t D,
+                int64_t H, const float* w13, const float* w2, float* out) {
+  const int64_t P = T * K;
+  if (!check_ids(ids, P, E)) return 1;
+  Scratch& S = t_scratch;
+  sort_pairs(S, ids, P, E);
+  const int64_t H2 = 2 * H;
+  ensure(S.gu, P * H2);
+  ensure(S.y, P * D);
+  // h (in place in gu's first H columns) per sorted pair, then y.
+  executorch::extension::parallel_for(0, P, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t p = S.order[i];
+      const int64_t ex = ids[p];
+      const float* xr = x + (p / K) * D;
+      float* g = S.gu.data() + i * H2;
+      const float* W = w13 + ex * H2 * D;
+      for (int64_t n = 0; n < H2; ++n) {
+        const float* wr = W + n * D;
+        float s = 0.0f;
+        for (int64_t d = 0; d < D; ++d) s += wr[d] * xr[d];
+        g[n] = s;
+      }
+      for (int64_t j = 0; j < H; ++j) g[j] = silu(g[j]) * g[H + j];
+      const float* W2 = w2 + ex * D * H;
+      float* yr = S.y.data() + i * D;
+      for (int64_t n = 0; n < D; ++n) {
+        const float* wr = W2 + n * H;
+        float s = 0.0f;
+        for (int64_t j = 0; j < H; ++j) s += wr[j] * g[j];
+        yr[n] = s;
+      }
+    }
+  });
+  combine(S, gates, S.y.data(), T, K, D, out);
+  return 0;
+}
+
+}  // namespace mmoe
+
+extern "C" {
+__attribute__((visibility("default"))) int mmoe_moe_ffn_8da4w_raw(
+    const float* x, const int64_t* ids, const float* gates, int64_t T, int64_t K, int64_t E, int64_t D, int64_t H,
+    const uint8_t* w13p, const uint16_t* w13s, const float* w13c, const uint8_t* w2p, const uint16_t* w2s,
+    const float* w2c, float* out) {
+  return mmoe::moe_ffn_8da4w(x, ids, gates, T, K, E, D, H, w13p, w13s, w13c, w2p, w2s, w2c, out);
+}
+__attribute__((visibility("default"))) int mmoe_moe_ffn_f32_raw(const float* x, const int64_t* ids,
+                                                                 const float* gates, int64_t T, int64_t K, int64_t E,
+                                                                 int64_t D, int64_t H, const float* w13,
+                                                                 const float* w2, float* out) {
+  return mmoe::moe_ffn_f32(x, ids, gates, T, K, E, D, H, w13, w2, out);
+}
+__attribute__((visibility("default"))) const char* mmoe_isa() { return mmoe::isa_name(); }
+__attribute__((visibility("default"))) int mmoe_set_isa(const char* name) { return mmoe::set_isa(name); }
+__attribute__((visibility("default"))) const char* mmoe_last_error() { return mmoe::last_error(); }
+}
