@@ -27,7 +27,8 @@ _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None
 _LOADED_PATH: Path | None = None
 # Guard across copies of this package in one process (two libraries registering the same
-# op names abort the process): the loaded path is kept in the environment of the process.
+# op names abort the process): "<pid>:<path>" is kept in the process environment
+# (the pid makes a child process, which inherits the environment, start clean).
 _ENV_GUARD = "_MOBILEMOE_KERNELS_LOADED"
 
 
@@ -50,8 +51,8 @@ def load() -> Path:
         if _LIB is not None:
             return _LOADED_PATH  # type: ignore[return-value]
         path = library_path()
-        other = os.environ.get(_ENV_GUARD)
-        if other and Path(other) != path:
+        pid, _, other = os.environ.get(_ENV_GUARD, "").partition(":")
+        if other and pid == str(os.getpid()) and Path(other) != path:
             raise KernelLibraryError(
                 f"another copy of libmobilemoe_kernels is already loaded in this process ({other}); "
                 "loading a second one would register mmoe:: ops twice and abort"
@@ -68,7 +69,7 @@ def load() -> Path:
         except OSError as e:
             raise KernelLibraryError(f"cannot load {path}: {e}") from e
         _declare(lib)
-        os.environ[_ENV_GUARD] = str(path)
+        os.environ[_ENV_GUARD] = f"{os.getpid()}:{path}"
         _LIB, _LOADED_PATH = lib, path
         return path
 

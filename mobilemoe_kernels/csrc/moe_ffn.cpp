@@ -149,7 +149,7 @@ void quant_row(const float* v, int64_t C, int8_t* q, int32_t* gsum, float* scale
 // ---- 16-row x NT-token micro-kernels: acc[i*16 + r] = sum_g s[r,g] * dot_g(q_w[r], q_a[i]) ----
 // wp: row block start (G groups x 256 bytes); sc: G x 16 fp16 scales.
 
-void rb_portable(const uint8_t* wp, const uint16_t* sc, int64_t G, int nt, const ActRow* a, float* acc) {
+void rb_portable(const uint8_t* wp, const uint16_t* sc, int64_t G, int nt, const ActRow* a, float* acc, const float*) {
   for (int i = 0; i < nt; ++i) {
     float* o = acc + i * 16;
     for (int r = 0; r < 16; ++r) o[r] = 0.0f;
@@ -206,34 +206,46 @@ __attribute__((target("avx2,fma,f16c"))) void rb_avx2_t(const uint8_t* wp, const
   }
 }
 
+// VNNI: weights as signed bytes q*16 (high nibble: & 0xF0; low nibble: << 4 then & 0xF0),
+// activations unsigned u = q_a + 128: dpbusd gives 16 * dot_g(q_w, u). The kernel returns
+// sum_g s_g dot_g(q_w, q_a) = (sum_g s_g * 16 dot_g(q_w, u)) / 16 - 128 * corr, the same
+// quantity as the other paths (shared epilogue). Two accumulator chains hide dpbusd latency.
 template <int NT>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c"))) void rb_vnni_t(
-    const uint8_t* wp, const uint16_t* sc, int64_t G, const ActRow* a, float* acc) {
-  const __m512i m0f = _mm512_set1_epi8(0x0F);
-  const __m512i x88 = _mm512_set1_epi8((char)0x88);
+    const uint8_t* wp, const uint16_t* sc, int64_t G, const ActRow* a, float* acc, const float* corr) {
+  const __m512i mf0 = _mm512_set1_epi8((char)0xF0);
+  const __m512i x80 = _mm512_set1_epi8((char)0x80);
   __m512 facc[NT];
   for (int i = 0; i < NT; ++i) facc[i] = _mm512_setzero_ps();
   for (int64_t g = 0; g < G; ++g) {
     const uint8_t* b = wp + g * 256;
+    _mm_prefetch((const char*)(b + 1024), _MM_HINT_T0);
+    _mm_prefetch((const char*)(b + 1024 + 64), _MM_HINT_T0);
+    _mm_prefetch((const char*)(b + 1024 + 128), _MM_HINT_T0);
+    _mm_prefetch((const char*)(b + 1024 + 192), _MM_HINT_T0);
     __m512i w[8];
     for (int s = 0; s < 4; ++s) {
-      __m512i raw = _mm512_xor_si512(_mm512_loadu_si512((const void*)(b + s * 64)), x88);
-      w[s] = _mm512_and_si512(raw, m0f);
-      w[s + 4] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m0f);
+      __m512i raw = _mm512_loadu_si512((const void*)(b + s * 64));
+      w[s] = _mm512_and_si512(_mm512_slli_epi16(raw, 4), mf0);
+      w[s + 4] = _mm512_and_si512(raw, mf0);
     }
     __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(sc + g * 16)));
     for (int i = 0; i < NT; ++i) {
       const int8_t* qa = a[i].q + g * 32;
-      __m512i s32 = _mm512_set1_epi32(-8 * a[i].gs[g]);
-      for (int s = 0; s < 8; ++s)
-        s32 = _mm512_dpbusd_epi32(s32, w[s], _mm512_set1_epi32(load_i32(qa + s * 4)));
-      facc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s32), scale, facc[i]);
+      __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+      for (int s = 0; s < 8; s += 2) {
+        s0 = _mm512_dpbusd_epi32(s0, _mm512_xor_si512(_mm512_set1_epi32(load_i32(qa + s * 4)), x80), w[s]);
+        s1 = _mm512_dpbusd_epi32(s1, _mm512_xor_si512(_mm512_set1_epi32(load_i32(qa + s * 4 + 4)), x80), w[s + 1]);
+      }
+      facc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), scale, facc[i]);
     }
   }
-  for (int i = 0; i < NT; ++i) _mm512_storeu_ps(acc + i * 16, facc[i]);
+  const __m512 c128 = _mm512_mul_ps(_mm512_loadu_ps(corr), _mm512_set1_ps(128.0f));
+  const __m512 inv16 = _mm512_set1_ps(1.0f / 16.0f);
+  for (int i = 0; i < NT; ++i) _mm512_storeu_ps(acc + i * 16, _mm512_fmsub_ps(facc[i], inv16, c128));
 }
 
-void rb_avx2(const uint8_t* wp, const uint16_t* sc, int64_t G, int nt, const ActRow* a, float* acc) {
+void rb_avx2(const uint8_t* wp, const uint16_t* sc, int64_t G, int nt, const ActRow* a, float* acc, const float*) {
   switch (nt) {
     case 1: rb_avx2_t<1>(wp, sc, G, a, acc); break;
     case 2: rb_avx2_t<2>(wp, sc, G, a, acc); break;
@@ -241,21 +253,21 @@ void rb_avx2(const uint8_t* wp, const uint16_t* sc, int64_t G, int nt, const Act
     default: rb_avx2_t<4>(wp, sc, G, a, acc); break;
   }
 }
-void rb_vnni(const uint8_t* wp, const uint16_t* sc, int64_t G, int nt, const ActRow* a, float* acc) {
+void rb_vnni(const uint8_t* wp, const uint16_t* sc, int64_t G, int nt, const ActRow* a, float* acc, const float* corr) {
   switch (nt) {
-    case 1: rb_vnni_t<1>(wp, sc, G, a, acc); break;
-    case 2: rb_vnni_t<2>(wp, sc, G, a, acc); break;
-    case 3: rb_vnni_t<3>(wp, sc, G, a, acc); break;
-    case 4: rb_vnni_t<4>(wp, sc, G, a, acc); break;
-    case 5: rb_vnni_t<5>(wp, sc, G, a, acc); break;
-    case 6: rb_vnni_t<6>(wp, sc, G, a, acc); break;
-    case 7: rb_vnni_t<7>(wp, sc, G, a, acc); break;
-    default: rb_vnni_t<8>(wp, sc, G, a, acc); break;
+    case 1: rb_vnni_t<1>(wp, sc, G, a, acc, corr); break;
+    case 2: rb_vnni_t<2>(wp, sc, G, a, acc, corr); break;
+    case 3: rb_vnni_t<3>(wp, sc, G, a, acc, corr); break;
+    case 4: rb_vnni_t<4>(wp, sc, G, a, acc, corr); break;
+    case 5: rb_vnni_t<5>(wp, sc, G, a, acc, corr); break;
+    case 6: rb_vnni_t<6>(wp, sc, G, a, acc, corr); break;
+    case 7: rb_vnni_t<7>(wp, sc, G, a, acc, corr); break;
+    default: rb_vnni_t<8>(wp, sc, G, a, acc, corr); break;
   }
 }
 #endif
 
-using RbFn = void (*)(const uint8_t*, const uint16_t*, int64_t, int, const ActRow*, float*);
+using RbFn = void (*)(const uint8_t*, const uint16_t*, int64_t, int, const ActRow*, float*, const float*);
 
 RbFn pick(int isa, int* nt_max) {
 #ifdef MMOE_X86
@@ -346,18 +358,21 @@ void qgemm_stage(const Scratch& S, RbFn rb, int nt_max, const uint8_t* wp, const
       const uint16_t* sblk = ws + ((e * nrb + r0) * G) * 16;
       const float* corr = wc + e * N + r0 * 16;
       const int64_t beg = S.offsets[e], end = S.offsets[e + 1];
-      for (int64_t j = beg; j < end; j += nt_max) {
-        const int nt = (int)std::min<int64_t>(nt_max, end - j);
+      const int64_t ntiles = (end - beg + nt_max - 1) / nt_max;
+      for (int64_t tile = 0, j = beg; tile < ntiles; ++tile) {
+        const int nt = (int)((end - j) / (ntiles - tile));
+        const int64_t j0 = j;
+        j += nt;
         for (int i = 0; i < nt; ++i) {
-          const int64_t src = act_by_token ? S.order[j + i] / K : (j + i);
+          const int64_t src = act_by_token ? S.order[j0 + i] / K : (j0 + i);
           rows[i].q = qa + src * Kin;
           rows[i].gs = gsum + src * G;
           rows[i].scale = sa[src];
           rows[i].zp = za[src];
         }
-        rb(wblk, sblk, G, nt, rows, acc);
+        rb(wblk, sblk, G, nt, rows, acc, corr);
         for (int i = 0; i < nt; ++i) {
-          float* o = outp + (j + i) * N + r0 * 16;
+          float* o = outp + (j0 + i) * N + r0 * 16;
           const float sc = rows[i].scale;
           const float zp = (float)rows[i].zp;
           for (int r = 0; r < 16; ++r) o[r] = sc * (acc[i * 16 + r] - zp * corr[r]);

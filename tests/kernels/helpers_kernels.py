@@ -55,6 +55,15 @@ def raw_f32(lib, x, ids, gates, w13, w2):
     return rc, out
 
 
-def close(out, ref):
+def close(out, ref, flips_ok=False):
+    """max|out - ref| <= 1e-4 max|ref| + 1e-5 (float summation order). With flips_ok (8da4w),
+    up to 0.5% of elements may be off by at most 3e-3 max|ref|: the hidden activation h is
+    computed in a different float order than torch's matmul, and a value within an ulp of an
+    INT8 rounding boundary then quantizes one step apart (one step = max|h|/255)."""
     tol = 1e-4 * float(ref.abs().max()) + 1e-5
-    return float((out - ref).abs().max()) <= tol, float((out - ref).abs().max()), tol
+    err = (out - ref).abs()
+    if not flips_ok:
+        return float(err.max()) <= tol, float(err.max()), tol
+    frac = float((err > tol).float().mean())
+    ok = frac <= 0.005 and float(err.max()) <= 3e-3 * float(ref.abs().max()) + 1e-5
+    return ok, (float(err.max()), frac), tol
