@@ -146,6 +146,55 @@ void quant_row(const float* v, int64_t C, int8_t* q, int32_t* gsum, float* scale
   *zp_out = (int32_t)zpf;
 }
 
+#ifdef MMOE_X86
+// Same numerics as quant_row (min/max are order-free; _mm256_round_ps nearest-even ==
+// nearbyint under the default rounding mode; same fp32 operations per element).
+__attribute__((target("avx2,fma"))) void quant_row_avx2(const float* v, int64_t C, int8_t* q, int32_t* gsum,
+                                                        float* scale_out, int32_t* zp_out) {
+  __m256 vmn = _mm256_loadu_ps(v), vmx = vmn;
+  for (int64_t i = 8; i < C; i += 8) {
+    __m256 t = _mm256_loadu_ps(v + i);
+    vmn = _mm256_min_ps(vmn, t);
+    vmx = _mm256_max_ps(vmx, t);
+  }
+  alignas(32) float bmn[8], bmx[8];
+  _mm256_store_ps(bmn, vmn);
+  _mm256_store_ps(bmx, vmx);
+  float mn = bmn[0], mx = bmx[0];
+  for (int j = 1; j < 8; ++j) { mn = std::min(mn, bmn[j]); mx = std::max(mx, bmx[j]); }
+  float min_neg = std::min(mn, 0.0f);
+  float max_pos = std::max(mx, 0.0f);
+  float scale = (max_pos - min_neg) / 255.0f;
+  scale = std::max(scale, 1.17549435e-38f);
+  float zpf = -128.0f - std::nearbyint(min_neg / scale);
+  zpf = std::min(std::max(zpf, -128.0f), 127.0f);
+  const __m256 inv = _mm256_set1_ps(1.0f / scale), vzp = _mm256_set1_ps(zpf);
+  const __m256 lo = _mm256_set1_ps(-128.0f), hi = _mm256_set1_ps(127.0f);
+  for (int64_t g = 0; g < C / 32; ++g) {
+    __m256i qi[4];
+    for (int u = 0; u < 4; ++u) {
+      __m256 t = _mm256_mul_ps(_mm256_loadu_ps(v + g * 32 + u * 8), inv);
+      t = _mm256_add_ps(_mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), vzp);
+      t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
+      qi[u] = _mm256_cvtps_epi32(t);
+    }
+    // pack 32 int32 -> 32 int8 in order
+    __m256i p01 = _mm256_permute4x64_epi64(_mm256_packs_epi32(qi[0], qi[1]), 0xD8);
+    __m256i p23 = _mm256_permute4x64_epi64(_mm256_packs_epi32(qi[2], qi[3]), 0xD8);
+    __m256i b = _mm256_permute4x64_epi64(_mm256_packs_epi16(p01, p23), 0xD8);
+    _mm256_storeu_si256((__m256i*)(q + g * 32), b);
+    __m256i s = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3]));
+    alignas(32) int32_t sb[8];
+    _mm256_store_si256((__m256i*)sb, s);
+    gsum[g] = sb[0] + sb[1] + sb[2] + sb[3] + sb[4] + sb[5] + sb[6] + sb[7];
+  }
+  *scale_out = scale;
+  *zp_out = (int32_t)zpf;
+}
+#endif
+
+using QuantFn = void (*)(const float*, int64_t, int8_t*, int32_t*, float*, int32_t*);
+
 // ---- 16-row x NT-token micro-kernels: acc[i*16 + r] = sum_g s[r,g] * dot_g(q_w[r], q_a[i]) ----
 // wp: row block start (G groups x 256 bytes); sc: G x 16 fp16 scales.
 
@@ -403,12 +452,16 @@ int moe_ffn_8da4w(const float* x, const int64_t* ids, const float* gates, int64_
   sort_pairs(S, ids, P, E);
   int nt_max = 4;
   RbFn rb = pick(current_isa(), &nt_max);
+  QuantFn quant = quant_row;
+#ifdef MMOE_X86
+  if (current_isa() != kPortable) quant = quant_row_avx2;
+#endif
   const int64_t H2 = 2 * H;
   // 2. quantize x per token
   ensure(S.qx, T * D); ensure(S.gx, T * (D / 32)); ensure(S.sx, T); ensure(S.zx, T);
   executorch::extension::parallel_for(0, T, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t)
-      quant_row(x + t * D, D, S.qx.data() + t * D, S.gx.data() + t * (D / 32), S.sx.data() + t, S.zx.data() + t);
+      quant(x + t * D, D, S.qx.data() + t * D, S.gx.data() + t * (D / 32), S.sx.data() + t, S.zx.data() + t);
   });
   // 3. W13
   ensure(S.gu, P * H2);
@@ -424,7 +477,7 @@ int moe_ffn_8da4w(const float* x, const int64_t* ids, const float* gates, int64_
     for (int64_t i = b; i < e; ++i) {
       const float* g = S.gu.data() + i * H2;
       for (int64_t j = 0; j < H; ++j) hb[j] = silu(g[j]) * g[H + j];
-      quant_row(hb, H, S.qh.data() + i * H, S.gh.data() + i * (H / 32), S.sh.data() + i, S.zh.data() + i);
+      quant(hb, H, S.qh.data() + i * H, S.gh.data() + i * (H / 32), S.sh.data() + i, S.zh.data() + i);
     }
   });
   // 5. W2
