@@ -256,22 +256,21 @@ __attribute__((target("avx2,fma,f16c"))) void rb_avx2_t(const uint8_t* wp, const
 }
 
 // VNNI: weights as signed bytes q*16 (high nibble: & 0xF0; low nibble: << 4 then & 0xF0),
-// activations unsigned u = q_a + 128: dpbusd gives 16 * dot_g(q_w, u). The kernel returns
+// activations unsigned u = q_a + 128 (ActRow.q holds q_a ^ 0x80 on this path): dpbusd gives 16 * dot_g(q_w, u). The kernel returns
 // sum_g s_g dot_g(q_w, q_a) = (sum_g s_g * 16 dot_g(q_w, u)) / 16 - 128 * corr, the same
 // quantity as the other paths (shared epilogue). Two accumulator chains hide dpbusd latency.
 template <int NT>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c"))) void rb_vnni_t(
     const uint8_t* wp, const uint16_t* sc, int64_t G, const ActRow* a, float* acc, const float* corr) {
   const __m512i mf0 = _mm512_set1_epi8((char)0xF0);
-  const __m512i x80 = _mm512_set1_epi8((char)0x80);
   __m512 facc[NT];
   for (int i = 0; i < NT; ++i) facc[i] = _mm512_setzero_ps();
   for (int64_t g = 0; g < G; ++g) {
     const uint8_t* b = wp + g * 256;
-    _mm_prefetch((const char*)(b + 1024), _MM_HINT_T0);
-    _mm_prefetch((const char*)(b + 1024 + 64), _MM_HINT_T0);
-    _mm_prefetch((const char*)(b + 1024 + 128), _MM_HINT_T0);
-    _mm_prefetch((const char*)(b + 1024 + 192), _MM_HINT_T0);
+    _mm_prefetch((const char*)(b + 4096), _MM_HINT_T0);
+    _mm_prefetch((const char*)(b + 4096 + 64), _MM_HINT_T0);
+    _mm_prefetch((const char*)(b + 4096 + 128), _MM_HINT_T0);
+    _mm_prefetch((const char*)(b + 4096 + 192), _MM_HINT_T0);
     __m512i w[8];
     for (int s = 0; s < 4; ++s) {
       __m512i raw = _mm512_loadu_si512((const void*)(b + s * 64));
@@ -283,8 +282,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c"))) void rb
       const int8_t* qa = a[i].q + g * 32;
       __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
       for (int s = 0; s < 8; s += 2) {
-        s0 = _mm512_dpbusd_epi32(s0, _mm512_xor_si512(_mm512_set1_epi32(load_i32(qa + s * 4)), x80), w[s]);
-        s1 = _mm512_dpbusd_epi32(s1, _mm512_xor_si512(_mm512_set1_epi32(load_i32(qa + s * 4 + 4)), x80), w[s + 1]);
+        s0 = _mm512_dpbusd_epi32(s0, _mm512_set1_epi32(load_i32(qa + s * 4)), w[s]);
+        s1 = _mm512_dpbusd_epi32(s1, _mm512_set1_epi32(load_i32(qa + s * 4 + 4)), w[s + 1]);
       }
       facc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), scale, facc[i]);
     }
@@ -302,17 +301,15 @@ void rb_avx2(const uint8_t* wp, const uint16_t* sc, int64_t G, int nt, const Act
     default: rb_avx2_t<4>(wp, sc, G, a, acc); break;
   }
 }
+template <int... Ns>
+struct VnniTable {
+  static constexpr void (*fns[])(const uint8_t*, const uint16_t*, int64_t, const ActRow*, float*, const float*) = {
+      rb_vnni_t<Ns>...};
+};
+constexpr int kVnniMaxNt = 12;
 void rb_vnni(const uint8_t* wp, const uint16_t* sc, int64_t G, int nt, const ActRow* a, float* acc, const float* corr) {
-  switch (nt) {
-    case 1: rb_vnni_t<1>(wp, sc, G, a, acc, corr); break;
-    case 2: rb_vnni_t<2>(wp, sc, G, a, acc, corr); break;
-    case 3: rb_vnni_t<3>(wp, sc, G, a, acc, corr); break;
-    case 4: rb_vnni_t<4>(wp, sc, G, a, acc, corr); break;
-    case 5: rb_vnni_t<5>(wp, sc, G, a, acc, corr); break;
-    case 6: rb_vnni_t<6>(wp, sc, G, a, acc, corr); break;
-    case 7: rb_vnni_t<7>(wp, sc, G, a, acc, corr); break;
-    default: rb_vnni_t<8>(wp, sc, G, a, acc, corr); break;
-  }
+  using T = VnniTable<1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12>;
+  T::fns[std::min(std::max(nt, 1), kVnniMaxNt) - 1](wp, sc, G, a, acc, corr);
 }
 #endif
 
@@ -320,7 +317,7 @@ using RbFn = void (*)(const uint8_t*, const uint16_t*, int64_t, int, const ActRo
 
 RbFn pick(int isa, int* nt_max) {
 #ifdef MMOE_X86
-  if (isa == kAvx512Vnni) { *nt_max = 8; return rb_vnni; }
+  if (isa == kAvx512Vnni) { *nt_max = kVnniMaxNt; return rb_vnni; }
   if (isa == kAvx2) { *nt_max = 4; return rb_avx2; }
 #endif
   *nt_max = 4;
@@ -398,8 +395,8 @@ void qgemm_stage(const Scratch& S, RbFn rb, int nt_max, const uint8_t* wp, const
   const int64_t nrb = N / 16, G = Kin / 32;
   const int64_t nitems = (int64_t)S.active.size() * nrb;
   executorch::extension::parallel_for(0, nitems, 1, [&](int64_t ib, int64_t ie) {
-    ActRow rows[8];
-    alignas(64) float acc[8 * 16];
+    ActRow rows[16];
+    alignas(64) float acc[16 * 16];
     for (int64_t it = ib; it < ie; ++it) {
       const int64_t e = S.active[it / nrb];
       const int64_t r0 = it % nrb;
@@ -456,12 +453,19 @@ int moe_ffn_8da4w(const float* x, const int64_t* ids, const float* gates, int64_
 #ifdef MMOE_X86
   if (current_isa() != kPortable) quant = quant_row_avx2;
 #endif
+  const bool act_u8 = current_isa() == kAvx512Vnni;  // VNNI reads u = q + 128 (= q ^ 0x80)
+  auto to_u8 = [](int8_t* q, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) q[i] = (int8_t)((uint8_t)q[i] ^ 0x80u);
+  };
   const int64_t H2 = 2 * H;
   // 2. quantize x per token
   ensure(S.qx, T * D); ensure(S.gx, T * (D / 32)); ensure(S.sx, T); ensure(S.zx, T);
   executorch::extension::parallel_for(0, T, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t)
+    {
       quant(x + t * D, D, S.qx.data() + t * D, S.gx.data() + t * (D / 32), S.sx.data() + t, S.zx.data() + t);
+      if (act_u8) to_u8(S.qx.data() + t * D, D);
+    }
   });
   // 3. W13
   ensure(S.gu, P * H2);
@@ -478,6 +482,7 @@ int moe_ffn_8da4w(const float* x, const int64_t* ids, const float* gates, int64_
       const float* g = S.gu.data() + i * H2;
       for (int64_t j = 0; j < H; ++j) hb[j] = silu(g[j]) * g[H + j];
       quant(hb, H, S.qh.data() + i * H, S.gh.data() + i * (H / 32), S.sh.data() + i, S.zh.data() + i);
+      if (act_u8) to_u8(S.qh.data() + i * H, H);
     }
   });
   // 5. W2
