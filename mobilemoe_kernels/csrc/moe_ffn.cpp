@@ -12,10 +12,15 @@
 // Work items run on ExecuTorch's threadpool; every output element is produced by one
 // item in a fixed order, so results do not depend on the thread count.
 //
-// Integer trick (all SIMD paths): weight nibbles v = q + 8 in [0, 15] (nibble ^ 8) are the
-// unsigned operand, activations q_a in [-128, 127] the signed one:
-//   sum_c q_w (q_a - zp) = [sum_c v q_a - 8 sum_c q_a] - zp * sum_c q_w,
-// the bracket per group (exact int32), the last term via corr[n] (pack.py).
+// Integer tricks. Every path computes acc[n] = sum_g s[n,g] * dot_g(q_w, q_a) (exact int32
+// per group, fp32 across groups); the epilogue is y[n] = sa * (acc[n] - zp * corr[n]) with
+// corr[n] = sum_g s[n,g] sum_c q_w (pack.py).
+//  * AVX2 (maddubs, u8 x s8, int16 pair sums): weight nibbles v = q + 8 in [0, 15]
+//    (nibble ^ 8) are the unsigned operand, q_a the signed one (no int16 saturation:
+//    8 * 2 * 15 * 128 < 32768); dot(q_w, q_a) = dot(v, q_a) - 8 * sum(q_a).
+//  * AVX512-VNNI (dpbusd, no saturation): weights as bytes q * 16 (masking with 0xF0),
+//    activations u = q_a + 128 (stored as q_a ^ 0x80); dot(q_w, q_a) = dot(16 q_w, u) / 16
+//    - 128 * sum(q_w), the last term folded as 128 * corr.
 
 #include "moe_ffn.h"
 
@@ -371,6 +376,13 @@ void sort_pairs(Scratch& S, const int64_t* ids, int64_t P, int64_t E) {
   }
 }
 
+// Chunks of about 1/8 of a thread's share: few dispatches, still balanced. Results do not
+// depend on it (each item is computed whole by one thread).
+inline int64_t grain(int64_t n) {
+  const int64_t th = std::max<int64_t>(1, executorch::extension::get_thread_count());
+  return std::max<int64_t>(1, n / (8 * th));
+}
+
 inline float silu(float v) { return v / (1.0f + std::exp(-v)); }
 
 void combine(const Scratch& S, const float* gates, const float* y, int64_t T, int64_t K, int64_t D, float* out) {
@@ -394,7 +406,7 @@ void qgemm_stage(const Scratch& S, RbFn rb, int nt_max, const uint8_t* wp, const
                  bool act_by_token, int64_t K, float* outp) {
   const int64_t nrb = N / 16, G = Kin / 32;
   const int64_t nitems = (int64_t)S.active.size() * nrb;
-  executorch::extension::parallel_for(0, nitems, 1, [&](int64_t ib, int64_t ie) {
+  executorch::extension::parallel_for(0, nitems, grain(nitems), [&](int64_t ib, int64_t ie) {
     ActRow rows[16];
     alignas(64) float acc[16 * 16];
     for (int64_t it = ib; it < ie; ++it) {
