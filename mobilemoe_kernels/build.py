@@ -42,7 +42,7 @@ def up_to_date() -> bool:
 
 def command(et: Path, out: Path) -> list[str]:
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-    if not cxx:
+    if not cxx or not shutil.which(cxx):
         raise RuntimeError("mobilemoe_kernels.build: no C++ compiler found (install g++ or set $CXX)")
     inc = et / "include"
     lib = et / "lib"
