@@ -43,15 +43,28 @@ _TEXT = (
 _FILLERS = (" the", " a", " and", " of", " to", " in", " is", " it", " on", " at", " be")
 
 
+def _text_of_at_least(count, n_tokens: int) -> str:
+    """Enough copies of the reference text for ``n_tokens`` tokens, in a number of steps
+    fixed up front: a tokenizer that yields no (or too few) tokens is an error, never a
+    loop that runs until the job's timeout."""
+    per_copy = count(_TEXT)
+    if per_copy < 1:
+        raise BackendError("the tokenizer encodes the reference text to no tokens (empty "
+                           "vocabulary?); cannot build benchmark prompts with it")
+    text = " ".join([_TEXT] * (n_tokens // per_copy + 2))
+    if count(text) < n_tokens:
+        raise BackendError(f"the tokenizer cannot make a prompt of {n_tokens} tokens from "
+                           "the reference text")
+    return text
+
+
 def exact_prompt(tok, n_tokens: int) -> str:
     """Real text that encodes to exactly ``n_tokens`` tokens with ``tok`` (no specials)."""
     def count(text: str) -> int:
         return len(tok.encode(text, add_special_tokens=False).ids)
 
     filler = next((f for f in _FILLERS if count(f) == 1 and count(f * 3) == 3), None)
-    text = _TEXT
-    while count(text) < n_tokens:
-        text = text + " " + _TEXT
+    text = _text_of_at_least(count, n_tokens)
     # Cut at pre-token boundaries (BPE never merges across them), then top up with a
     # one-token word; the final full encode is the check.
     pieces = tok.pre_tokenizer.pre_tokenize_str(text) if tok.pre_tokenizer else [(text, (0, len(text)))]
