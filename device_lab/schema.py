@@ -70,7 +70,7 @@ def redact(text: Any) -> str:
 
     out = _USERINFO_RE.sub(r"\1***@", str(text))
     for name, value in os.environ.items():
-        if len(value) >= 4 and _SECRET_ENV_RE.search(name) and value in out:
+        if len(value) >= 6 and _SECRET_ENV_RE.search(name) and value in out:
             out = out.replace(value, "***")
     return out
 

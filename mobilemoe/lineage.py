@@ -19,6 +19,8 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from device_lab.schema import redact  # URL userinfo and secret env values -> ***
+
 # --- tag names (documented in README "Lineage") ---------------------------------------
 TAG_PREFIX = "mobilemoe."
 STAGE = "mobilemoe.stage"  # curate | pretrain | midtrain | sft | qat | export | eval | device_profile
@@ -96,7 +98,7 @@ class Tracker:
 
     # -- runs --------------------------------------------------------------------------
     def start_run(self, name: str, tags: dict[str, str], parent_run_id: Optional[str] = None) -> str:
-        tags = {k: str(v) for k, v in tags.items() if v is not None}
+        tags = {k: redact(v) for k, v in tags.items() if v is not None}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
             tags.setdefault(PIPELINE_RUN, parent_run_id)
@@ -109,7 +111,7 @@ class Tracker:
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
             if v is not None:
-                self.client.set_tag(run_id, k, str(v))
+                self.client.set_tag(run_id, k, redact(v))
 
     def log_params(self, run_id: str, flat: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -163,7 +165,7 @@ class Tracker:
 
 
 def _param_value(v: Any) -> str:
-    s = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    s = redact(json.dumps(v) if isinstance(v, (list, dict)) else str(v))
     return s if len(s) <= 6000 else s[:5990] + "..."
 
 
