@@ -76,3 +76,32 @@ def test_arbitrary_job_documents_are_each_rejected_with_a_reason(tmp_path_factor
         result = q.read_result(name)
         assert result is not None and result["status"] == "rejected" and result["reason"], name
     assert _drain(q, root / "work") == {"handled": 0}, "a rejected entry is never taken again"
+
+
+def test_a_fifo_job_neither_blocks_the_runner_nor_its_sigterm(tmp_path, fake_pte, small_tokenizer):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    uri = f"file://{tmp_path}/queue"
+    q = make_queue(uri)
+    good = submit_job(q, fake_pte, small_tokenizer, BENCH, backend="artifact-check")
+    os.mkfifo(tmp_path / "queue" / "jobs" / "a-fifo.json")  # sorts first
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "device_lab.runner", "--queue", uri, "--workdir", str(tmp_path / "w"),
+         "--backend", "artifact-check", "--poll-s", "0.05"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(1200):  # wait for both results (the runner keeps serving)
+            if q.read_result(good) is not None or runner.poll() is not None:
+                break
+            time.sleep(0.05)
+        runner.send_signal(signal.SIGTERM)
+        _, err = runner.communicate(timeout=60)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert runner.returncode == 0, err
+    assert q.read_result("a-fifo")["status"] == "rejected"
+    assert q.read_result(good)["status"] == "ok"
