@@ -26,9 +26,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _yaml(text):
-    import yaml
+    from mobilemoe.config import ConfigError, parse_yaml_text
 
-    return yaml.safe_load(text) or {}
+    try:  # one error line, not Metaflow's "Internal error" and a traceback
+        return parse_yaml_text(text, "params.yaml")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def _here(ctx):

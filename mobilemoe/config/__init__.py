@@ -178,15 +178,29 @@ def read_yaml(path: Path) -> dict:
         raise ConfigError(f"{path}: params file not found (copy a preset: "
                           f"`mobilemoe use-preset tiny`, or pass an existing file)")
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: is not UTF-8 text (byte {e.start}); a params file is YAML") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror or e})") from None
+    return parse_yaml_text(text, str(path))
+
+
+def parse_yaml_text(text: str, where: str) -> dict:
+    """The raw params mapping in ``text`` (read from ``where``); any YAML problem, a
+    duplicate key included, is a ConfigError naming the line."""
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
+        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{where}:{at} is not valid YAML ({getattr(e, 'problem', e)})") from None
+    except RecursionError:  # deeply nested flow collections
+        raise ConfigError(f"{where}: nested too deeply to be a params file") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: must be a YAML mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(f"{where}: must be a YAML mapping of sections, got {type(raw).__name__}")
     return raw
 
 
