@@ -25,6 +25,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 from . import BackendError, child_main, peak_rss_bytes, rss_now_bytes
 
@@ -128,6 +129,15 @@ def _from_runtime_stats(et: dict) -> dict:
             "runtime_stats": et, "timing": "executorch stats (ms resolution)"}
 
 
+def _refuse_unloadable(program: str) -> None:
+    """Probe the program in a child first: ExecuTorch aborts (no exception) on some corrupt
+    files, which would leave only "crashed (SIGABRT)" instead of a reason."""
+    from ..program_probe import probe_program
+
+    if (problem := probe_program(program)) is not None:
+        raise BackendError(f"job.artifact ({Path(program).name}): {problem}")
+
+
 def bench(spec: dict) -> dict:
     threads = int(spec["threads"])
     try:
@@ -139,6 +149,7 @@ def bench(spec: dict) -> dict:
     except Exception as e:  # tokenizers raises a bare Exception
         raise BackendError(f"the tokenizer is not a Hugging Face tokenizer.json ({e}); "
                            "local-cpu builds prompts of exact token counts with it") from None
+    _refuse_unloadable(spec["program"])
     prompts = {n: exact_prompt(tok, n) for n in spec["prompt_lengths"]}
 
     import torch  # noqa: F401  (loads libtorch, which the runtime's extensions link against)
