@@ -20,6 +20,7 @@ from metaflow import Config, FlowSpec, card, current, step
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MOBILEMOE_ROOT", str(ROOT))
+os.environ.setdefault("MOBILEMOE_OWNER_PID", str(os.getpid()))  # the runtime owns the MLflow runs
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

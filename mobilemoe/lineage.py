@@ -40,6 +40,8 @@ REUSED_FROM_RUN = "mobilemoe.reused_from_run_id"  # set when a cached output was
 PTE_SHA256 = "mobilemoe.pte_sha256"
 MODEL_ID = "mobilemoe.logged_model_id"  # the LoggedModel (e.g. the .pte) a run is about
 DEVICE_STATUS = "mobilemoe.device_status"  # device_profile runs: ok | error | rejected
+# Owner and liveness of every run (mobilemoe/liveness.py closes the runs of dead flows).
+from .liveness import HEARTBEAT, HOST, KILLED_REASON, PID  # noqa: E402
 
 ALL_TAGS = [v for k, v in dict(globals()).items() if isinstance(v, str) and v.startswith(TAG_PREFIX)
             and k.isupper() and k != "TAG_PREFIX"]
@@ -98,14 +100,22 @@ class Tracker:
 
     # -- runs --------------------------------------------------------------------------
     def start_run(self, name: str, tags: dict[str, str], parent_run_id: Optional[str] = None) -> str:
+        from . import liveness
+
+        liveness.reap_once(self.client, self.uri, self.experiment_id)
         tags = {k: redact(v) for k, v in tags.items() if v is not None}
+        tags.update(liveness.owner_tags())
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
             tags.setdefault(PIPELINE_RUN, parent_run_id)
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        liveness.opened(self.client, self.uri, run.info.run_id, parent_run_id)
         return run.info.run_id
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        from . import liveness
+
+        liveness.closed(self.uri, run_id)
         self.client.set_terminated(run_id, status=status)
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
