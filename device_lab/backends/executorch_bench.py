@@ -138,6 +138,30 @@ def _refuse_unloadable(program: str) -> None:
         raise BackendError(f"job.artifact ({Path(program).name}): {problem}")
 
 
+def _check_context(spec: dict) -> None:
+    """Refuse prompt lengths the program cannot hold before any prompt is built (building a
+    2^20-token prompt is itself minutes of work): prompt + decode tokens must fit the
+    program's KV cache (get_max_context_len, else get_max_seq_len)."""
+    try:
+        from executorch.extension.pybindings import _C as rt
+    except ImportError:
+        from executorch.extension.pybindings import portable_lib as rt
+    try:
+        module = rt._load_for_executorch(spec["program"])
+        names = set(module.method_names())
+        method = next((m for m in ("get_max_context_len", "get_max_seq_len") if m in names), None)
+        context = int(module.run_method(method, ())[0]) if method else None
+    except RuntimeError:
+        return  # the runner's own load reports it
+    if context is None:
+        return
+    need = max(spec["prompt_lengths"]) + spec["decode_tokens"]
+    if need > context:
+        raise BackendError(f"job.benchmark: a prompt of {max(spec['prompt_lengths'])} tokens + "
+                           f"{spec['decode_tokens']} new needs {need} positions; the program's "
+                           f"context ({method}) is {context}")
+
+
 def bench(spec: dict) -> dict:
     threads = int(spec["threads"])
     try:
@@ -150,6 +174,7 @@ def bench(spec: dict) -> dict:
         raise BackendError(f"the tokenizer is not a Hugging Face tokenizer.json ({e}); "
                            "local-cpu builds prompts of exact token counts with it") from None
     _refuse_unloadable(spec["program"])
+    _check_context(spec)
     prompts = {n: exact_prompt(tok, n) for n in spec["prompt_lengths"]}
 
     import torch  # noqa: F401  (loads libtorch, which the runtime's extensions link against)
