@@ -40,7 +40,7 @@ def _load(tmp_path, text: str):
         return e
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
 @given(path=st.sampled_from(LEAVES), value=VALUES)
 def test_any_value_at_any_key_loads_or_names_the_key(tmp_path_factory, path, value):
     import copy
@@ -55,7 +55,7 @@ def test_any_value_at_any_key_loads_or_names_the_key(tmp_path_factory, path, val
         assert ".".join(path[:1]) in str(out), str(out)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(text=st.text(max_size=200))
 def test_any_text_loads_or_gives_a_config_error(tmp_path_factory, text):
     _load(tmp_path_factory.mktemp("p"), text)
