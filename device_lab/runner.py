@@ -41,9 +41,9 @@ from typing import Optional
 from . import __version__
 from .backends import Backend, BackendError, RunContext, make_backend, registry
 from .queue import Claim, JobEntry, Queue
-from .schema import (ProtocolError, artifact_key_from_uri, format_time, make_result,
+from .schema import (install_redaction, redact, ProtocolError, artifact_key_from_uri, format_time, make_result,
                      parse_queue_uri, parse_time, utcnow, validate_job)
-from .transport import NotFound, Retry, TooLarge, TransportError, open_transport
+from .transport import NotFound, NotRegular, Retry, TooLarge, TransportError, open_transport
 
 log = logging.getLogger("device_lab.runner")
 DEFAULT_MAX_ARTIFACT_BYTES = 8 * 2**30
@@ -66,7 +66,7 @@ def default_runner_id() -> str:
 class Runner:
     def __init__(self, queue: Queue, backends: list[Backend], workdir: str | os.PathLike, *,
                  runner_id: Optional[str] = None, poll_s: float = 2.0,
-                 job_timeout_s: float = 3600.0,
+                 job_timeout_s: float = 600.0,
                  max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES):
         if not backends:
             raise ValueError("a runner needs at least one backend")
@@ -171,7 +171,7 @@ class Runner:
                 doc = json.loads(self.queue.read_job_bytes(entry.key) or b"null")
                 backend = doc.get("backend") if isinstance(doc, dict) else None
                 self._peeked[entry.key] = backend if isinstance(backend, str) else None
-            except (ValueError, TooLarge):
+            except (ValueError, TooLarge, NotRegular):
                 self._peeked[entry.key] = None  # claim it and reject it
         return self._peeked[entry.key]
 
@@ -239,6 +239,8 @@ class Runner:
             data = self.queue.read_job_bytes(claim.job_key)
         except TooLarge as e:
             raise Rejected(f"job document too large: {e}") from None
+        except NotRegular as e:
+            raise Rejected(f"job entry refused: {e}") from None
         if data is None:
             raise Rejected(f"job document {claim.job_key} vanished")
         try:
@@ -285,6 +287,8 @@ class Runner:
                                f"size_bytes {ref['size_bytes']}") from None
             except NotFound:
                 raise Rejected(f"job.{what}: {ref['uri']} not found") from None
+            except NotRegular as e:
+                raise Rejected(f"job.{what}: {e}") from None
             if size != ref["size_bytes"] or sha != ref["sha256"]:
                 dest.unlink(missing_ok=True)
                 raise Rejected(f"job.{what}: hash mismatch (declared sha256 {ref['sha256'][:16]}... "
@@ -426,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="exit after this long without a job (with --once default 0: one look)")
     ap.add_argument("--poll-s", type=float, default=2.0)
     ap.add_argument("--lease-s", type=float, default=60.0, help="claim lease; renewed every third")
-    ap.add_argument("--job-timeout-s", type=float, default=3600.0)
+    ap.add_argument("--job-timeout-s", type=float, default=600.0)
     ap.add_argument("--max-artifact-bytes", type=int, default=DEFAULT_MAX_ARTIFACT_BYTES)
     ap.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL_S3)")
     ap.add_argument("--retry-attempts", type=int, default=5,
@@ -440,6 +444,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_redaction()
     # Their DEBUG logs print request headers (the access key id among them): never ours.
     for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -462,10 +467,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         runner = Runner(queue, backends, workdir, runner_id=args.runner_id, poll_s=args.poll_s,
                         job_timeout_s=args.job_timeout_s, max_artifact_bytes=args.max_artifact_bytes)
     except ProtocolError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(e)}", file=sys.stderr)
         return 2
     except TransportError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(e)}", file=sys.stderr)
         return 3
     except OSError as e:
         print(f"error: --workdir {workdir}: {e.strerror or e}", file=sys.stderr)
@@ -482,10 +487,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         runner.serve(once=args.once, idle_exit_s=idle)
     except WorkdirBusy as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(e)}", file=sys.stderr)
         return 2
     except TransportError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(e)}", file=sys.stderr)
         return 3
     return 0
 

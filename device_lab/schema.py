@@ -55,6 +55,26 @@ class ProtocolError(ValueError):
     """A document, name or URI that breaks the protocol; the message names the field."""
 
 
+# -- credentials never leave the process --------------------------------------------------
+# userinfo in any URL (s3://KEY:SECRET@..., http://user:pass@host)
+_USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s'\"]*@")
+# Environment variables whose values are credentials wherever they appear.
+_SECRET_ENV_RE = re.compile(r"(?i)(SECRET|TOKEN|PASSWORD|PASSWD|ACCESS_KEY|API_KEY|CREDENTIAL)")
+
+
+def redact(text: Any) -> str:
+    """``text`` with URL userinfo and the values of credential environment variables
+    replaced by ``***``. Every message, log line and result document passes through it, so
+    a credential planted in any input (a URI, an endpoint, the environment) is never echoed."""
+    import os
+
+    out = _USERINFO_RE.sub(r"\1***@", str(text))
+    for name, value in os.environ.items():
+        if len(value) >= 6 and _SECRET_ENV_RE.search(name) and value in out:
+            out = out.replace(value, "***")
+    return out
+
+
 # -- names, times ------------------------------------------------------------------------
 def is_safe_name(name: Any) -> bool:
     return isinstance(name, str) and bool(_NAME_RE.match(name)) and ".." not in name
@@ -111,8 +131,34 @@ class QueueURI:
         return f"{self}/{key}"
 
 
+class _RedactFilter:
+    def filter(self, record) -> bool:
+        text = record.getMessage()
+        safe = redact(text)
+        if safe != text:
+            record.msg, record.args = safe, None
+        return True
+
+
+def install_redaction() -> None:
+    """Pass every log record of this process through :func:`redact` (its handlers)."""
+    import logging
+
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _RedactFilter) for f in handler.filters):
+            handler.addFilter(_RedactFilter())
+
+
 def parse_queue_uri(uri: Any, what: str = "queue") -> QueueURI:
-    """``file:///abs/path`` or ``s3://bucket[/prefix]``; anything else is an error."""
+    """``file:///abs/path`` or ``s3://bucket[/prefix]``; anything else is an error (whose
+    message never repeats credentials written into the URI)."""
+    try:
+        return _parse_queue_uri(uri, what)
+    except ProtocolError as e:
+        raise ProtocolError(redact(e)) from None
+
+
+def _parse_queue_uri(uri: Any, what: str) -> QueueURI:
     if not isinstance(uri, str) or "://" not in uri:
         raise ProtocolError(f"{what}: {uri!r} is not a queue URI; use file:///absolute/folder "
                             "or s3://bucket/prefix")
@@ -381,7 +427,7 @@ def make_result(job_id: str, status: str, reason: Optional[str] = None, *,
     m = measurement or {}
     doc = {
         "kind": RESULT_KIND, "version": PROTOCOL_VERSION, "job_id": job_id,
-        "status": status, "reason": reason,
+        "status": status, "reason": None if reason is None else redact(reason),
         "backend": job.get("backend") if isinstance(job, dict) and isinstance(job.get("backend"), str) else None,
         "runner": dict(runner or {}), "device": dict(device or {}), "attempt": attempt,
         "claimed_at": claimed_at, "started_at": started_at, "finished_at": format_time(utcnow()),
@@ -393,7 +439,7 @@ def make_result(job_id: str, status: str, reason: Optional[str] = None, *,
         "peak_rss_bytes": m.get("peak_rss_bytes"),
         "baseline_rss_bytes": m.get("baseline_rss_bytes"),
         "raw": m.get("raw") or {},
-        "errors": [str(e)[:8192] for e in (errors or [])][:100],
+        "errors": [redact(e)[:8192] for e in (errors or [])][:100],
         "labels": {},
     }
     if isinstance(job, dict):  # only fields that passed validation are copied

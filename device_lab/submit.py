@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Optional
 
 from .queue import MalformedResult, Queue
-from .schema import (BENCHMARK_FIELDS, ProtocolError, artifact_key_from_uri, check_name,
+from .schema import (redact, BENCHMARK_FIELDS, ProtocolError, artifact_key_from_uri, check_name,
                      make_job, new_job_id, parse_queue_uri, validate_fields)
 from .transport import NotFound, Retry, TransportError, open_transport
 
@@ -149,10 +149,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         queue = Queue(open_transport(parse_queue_uri(args.queue, "--queue"), args.endpoint_url,
                                      Retry(args.retry_attempts)))
     except ProtocolError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(e)}", file=sys.stderr)
         return EXIT_USAGE
     except TransportError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(e)}", file=sys.stderr)
         return EXIT_QUEUE
     try:
         if args.result is not None:
@@ -177,13 +177,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(job_id, file=sys.stderr)
         result = wait_for_result(queue, job_id, args.wait, args.poll_s)
     except MalformedResult as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(e)}", file=sys.stderr)
         return EXIT_QUEUE
     except (ProtocolError, NotFound) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(e)}", file=sys.stderr)
         return EXIT_USAGE
     except TransportError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(e)}", file=sys.stderr)
         return EXIT_QUEUE
     if result is None:
         print(f"{job_id}: no result within {args.wait:g} s; the job stays queued. Later: "

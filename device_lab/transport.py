@@ -17,11 +17,13 @@ and never appear in messages.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import random
 import secrets
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,11 @@ class TransportError(RuntimeError):
 
 class NotFound(TransportError):
     """The object does not exist."""
+
+
+class NotRegular(TransportError):
+    """The entry is not a regular file (a FIFO, device, socket, folder or symlink): the
+    queue is untrusted, so such an entry is rejected, never opened as a file."""
 
 
 class TooLarge(TransportError):
@@ -129,9 +136,33 @@ class LocalTransport(Transport):
 
     def _path(self, key: str) -> Path:
         path = self.root / _check_key(key)
-        if self.root.resolve() not in path.resolve().parents:  # symlinks out of the queue
+        # The folders must stay inside the queue; the last component is never followed
+        # (reads open it with O_NOFOLLOW, deletes and renames act on the link itself), so
+        # one planted symlink is one rejected entry, not an unusable queue.
+        root, parent = self.root.resolve(), path.parent.resolve()
+        if parent != root and root not in parent.parents:
             raise TransportError(f"{self.uri.uri_for(key)}: resolves outside the queue folder")
         return path
+
+    def _open_regular(self, path: Path, key: str):
+        """Open an untrusted entry for reading: regular files only, never blocking on a FIFO,
+        never following a symlink. FileNotFoundError passes through."""
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        try:
+            fd = os.open(path, flags)
+        except OSError as e:
+            if e.errno == errno.ELOOP or path.is_symlink():
+                raise NotRegular(f"{self.uri.uri_for(key)}: is a symlink, not a regular file") from None
+            if e.errno in (errno.ENXIO, errno.EISDIR, errno.EWOULDBLOCK):
+                raise NotRegular(f"{self.uri.uri_for(key)}: is not a regular file") from None
+            raise
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise NotRegular(f"{self.uri.uri_for(key)}: is not a regular file "
+                             f"(mode {stat.filemode(st.st_mode)})")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
 
     def _wrap(self, op: str, key: str, fn: Callable):
         try:
@@ -162,7 +193,7 @@ class LocalTransport(Transport):
 
         def get():
             try:
-                with open(path, "rb") as f:
+                with self._open_regular(path, key) as f:
                     data = f.read(-1 if max_bytes is None else max_bytes + 1)
             except (FileNotFoundError, NotADirectoryError):
                 return None
@@ -189,7 +220,7 @@ class LocalTransport(Transport):
                     if not key.startswith(prefix):
                         continue
                     try:
-                        st = p.stat()
+                        st = p.lstat()  # never follow: a planted link is listed, then rejected
                     except FileNotFoundError:  # deleted while listing
                         continue
                     out.append(ObjectInfo(key, st.st_size, st.st_mtime))
@@ -234,7 +265,7 @@ class LocalTransport(Transport):
 
         def down():
             try:
-                src = open(src_path, "rb")
+                src = self._open_regular(src_path, key)
             except FileNotFoundError:
                 raise NotFound(f"{self.uri.uri_for(key)}: not found") from None
             with src, open(dest, "wb") as dst:
@@ -269,7 +300,7 @@ class S3Transport(Transport):
         endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") \
             or os.environ.get("AWS_ENDPOINT_URL") or None
         if endpoint_url and "@" in endpoint_url.split("//", 1)[-1].split("/", 1)[0]:
-            raise TransportError("the S3 endpoint URL contains credentials (user:password@); "
+            raise ProtocolError("the S3 endpoint URL contains credentials (user:password@); "
                                  "give them through AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
         self.endpoint_url = endpoint_url
         # botocore retries once at most: our own loop below does the backoff and reports.

@@ -20,15 +20,20 @@ from metaflow import Config, FlowSpec, card, current, step
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MOBILEMOE_ROOT", str(ROOT))
+os.environ.setdefault("MOBILEMOE_OWNER_PID", str(os.getpid()))  # the runtime owns the MLflow runs
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _yaml(text):
-    import yaml
+    from mobilemoe.config import ConfigError, parse_yaml_text
 
-    return yaml.safe_load(text) or {}
+    try:  # one error line, not Metaflow's "Internal error" and a traceback
+        return parse_yaml_text(text, "params.yaml")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def _here(ctx):

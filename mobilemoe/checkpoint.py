@@ -177,6 +177,18 @@ def save_checkpoint(folder: str | os.PathLike, model, meta: dict[str, Any],
         raise
 
 
+def _check_shapes(model, state: dict, path: Path) -> None:
+    """Every tensor in the file has the shape config.json implies: a config (and manifest)
+    edited to another size is one clear error, not torch's "size mismatch" traceback."""
+    want = model.state_dict()
+    bad = [f"{k} {tuple(v.shape)} vs {tuple(want[k].shape)}" for k, v in state.items()
+           if k in want and tuple(v.shape) != tuple(want[k].shape)]
+    if bad:
+        raise CheckpointError(f"{path}: weights do not match config.json ({len(bad)} tensors "
+                              f"differ in shape, e.g. {'; '.join(bad[:3])}); the checkpoint "
+                              "folder was edited or mixed up: use the files one save wrote")
+
+
 def load_checkpoint(folder: str | os.PathLike, device: str = "cpu", verify_files: bool = True,
                     expect_model=None):
     """Load ``(model, config_dict)``; the model is built from the checkpoint's own config.
@@ -206,6 +218,7 @@ def load_checkpoint(folder: str | os.PathLike, device: str = "cpu", verify_files
                 f"({'; '.join(diff[:6])}); use a checkpoint of this model or fix params.yaml")
     model = build_model(mcfg, device="meta")
     state = load_file(str(folder / WEIGHTS), device=str(device))
+    _check_shapes(model, state, folder / WEIGHTS)
     model = model.to_empty(device=device)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=False)
     tied = {"output.weight"} if mcfg.tie_embeddings else set()

@@ -19,6 +19,8 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from device_lab.schema import redact  # URL userinfo and secret env values -> ***
+
 # --- tag names (documented in README "Lineage") ---------------------------------------
 TAG_PREFIX = "mobilemoe."
 STAGE = "mobilemoe.stage"  # curate | pretrain | midtrain | sft | qat | export | eval | device_profile
@@ -38,6 +40,8 @@ REUSED_FROM_RUN = "mobilemoe.reused_from_run_id"  # set when a cached output was
 PTE_SHA256 = "mobilemoe.pte_sha256"
 MODEL_ID = "mobilemoe.logged_model_id"  # the LoggedModel (e.g. the .pte) a run is about
 DEVICE_STATUS = "mobilemoe.device_status"  # device_profile runs: ok | error | rejected
+# Owner and liveness of every run (mobilemoe/liveness.py closes the runs of dead flows).
+from .liveness import HEARTBEAT, HOST, KILLED_REASON, PID  # noqa: E402
 
 ALL_TAGS = [v for k, v in dict(globals()).items() if isinstance(v, str) and v.startswith(TAG_PREFIX)
             and k.isupper() and k != "TAG_PREFIX"]
@@ -96,20 +100,28 @@ class Tracker:
 
     # -- runs --------------------------------------------------------------------------
     def start_run(self, name: str, tags: dict[str, str], parent_run_id: Optional[str] = None) -> str:
-        tags = {k: str(v) for k, v in tags.items() if v is not None}
+        from . import liveness
+
+        liveness.reap_once(self.client, self.uri, self.experiment_id)
+        tags = {k: redact(v) for k, v in tags.items() if v is not None}
+        tags.update(liveness.owner_tags())
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
             tags.setdefault(PIPELINE_RUN, parent_run_id)
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        liveness.opened(self.client, self.uri, run.info.run_id, parent_run_id)
         return run.info.run_id
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        from . import liveness
+
+        liveness.closed(self.uri, run_id)
         self.client.set_terminated(run_id, status=status)
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
             if v is not None:
-                self.client.set_tag(run_id, k, str(v))
+                self.client.set_tag(run_id, k, redact(v))
 
     def log_params(self, run_id: str, flat: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -163,7 +175,7 @@ class Tracker:
 
 
 def _param_value(v: Any) -> str:
-    s = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    s = redact(json.dumps(v) if isinstance(v, (list, dict)) else str(v))
     return s if len(s) <= 6000 else s[:5990] + "..."
 
 

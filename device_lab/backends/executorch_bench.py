@@ -25,6 +25,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 from . import BackendError, child_main, peak_rss_bytes, rss_now_bytes
 
@@ -43,15 +44,28 @@ _TEXT = (
 _FILLERS = (" the", " a", " and", " of", " to", " in", " is", " it", " on", " at", " be")
 
 
+def _text_of_at_least(count, n_tokens: int) -> str:
+    """Enough copies of the reference text for ``n_tokens`` tokens, in a number of steps
+    fixed up front: a tokenizer that yields no (or too few) tokens is an error, never a
+    loop that runs until the job's timeout."""
+    per_copy = count(_TEXT)
+    if per_copy < 1:
+        raise BackendError("the tokenizer encodes the reference text to no tokens (empty "
+                           "vocabulary?); cannot build benchmark prompts with it")
+    text = " ".join([_TEXT] * (n_tokens // per_copy + 2))
+    if count(text) < n_tokens:
+        raise BackendError(f"the tokenizer cannot make a prompt of {n_tokens} tokens from "
+                           "the reference text")
+    return text
+
+
 def exact_prompt(tok, n_tokens: int) -> str:
     """Real text that encodes to exactly ``n_tokens`` tokens with ``tok`` (no specials)."""
     def count(text: str) -> int:
         return len(tok.encode(text, add_special_tokens=False).ids)
 
     filler = next((f for f in _FILLERS if count(f) == 1 and count(f * 3) == 3), None)
-    text = _TEXT
-    while count(text) < n_tokens:
-        text = text + " " + _TEXT
+    text = _text_of_at_least(count, n_tokens)
     # Cut at pre-token boundaries (BPE never merges across them), then top up with a
     # one-token word; the final full encode is the check.
     pieces = tok.pre_tokenizer.pre_tokenize_str(text) if tok.pre_tokenizer else [(text, (0, len(text)))]
@@ -115,6 +129,39 @@ def _from_runtime_stats(et: dict) -> dict:
             "runtime_stats": et, "timing": "executorch stats (ms resolution)"}
 
 
+def _refuse_unloadable(program: str) -> None:
+    """Probe the program in a child first: ExecuTorch aborts (no exception) on some corrupt
+    files, which would leave only "crashed (SIGABRT)" instead of a reason."""
+    from ..program_probe import probe_program
+
+    if (problem := probe_program(program)) is not None:
+        raise BackendError(f"job.artifact ({Path(program).name}): {problem}")
+
+
+def _check_context(spec: dict) -> None:
+    """Refuse prompt lengths the program cannot hold before any prompt is built (building a
+    2^20-token prompt is itself minutes of work): prompt + decode tokens must fit the
+    program's KV cache (get_max_context_len, else get_max_seq_len)."""
+    try:
+        from executorch.extension.pybindings import _C as rt
+    except ImportError:
+        from executorch.extension.pybindings import portable_lib as rt
+    try:
+        module = rt._load_for_executorch(spec["program"])
+        names = set(module.method_names())
+        method = next((m for m in ("get_max_context_len", "get_max_seq_len") if m in names), None)
+        context = int(module.run_method(method, ())[0]) if method else None
+    except RuntimeError:
+        return  # the runner's own load reports it
+    if context is None:
+        return
+    need = max(spec["prompt_lengths"]) + spec["decode_tokens"]
+    if need > context:
+        raise BackendError(f"job.benchmark: a prompt of {max(spec['prompt_lengths'])} tokens + "
+                           f"{spec['decode_tokens']} new needs {need} positions; the program's "
+                           f"context ({method}) is {context}")
+
+
 def bench(spec: dict) -> dict:
     threads = int(spec["threads"])
     try:
@@ -126,6 +173,8 @@ def bench(spec: dict) -> dict:
     except Exception as e:  # tokenizers raises a bare Exception
         raise BackendError(f"the tokenizer is not a Hugging Face tokenizer.json ({e}); "
                            "local-cpu builds prompts of exact token counts with it") from None
+    _refuse_unloadable(spec["program"])
+    _check_context(spec)
     prompts = {n: exact_prompt(tok, n) for n in spec["prompt_lengths"]}
 
     import torch  # noqa: F401  (loads libtorch, which the runtime's extensions link against)

@@ -7,7 +7,9 @@ is chosen by copying it there (after validating it); the old file is kept as
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 import yaml
 
@@ -16,7 +18,9 @@ from . import add_config_args, load_config
 
 def add_parser(sub) -> None:
     p = sub.add_parser("use-preset", help="make presets/NAME.yaml the project's params.yaml")
-    p.add_argument("name", help="preset name (see presets/)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("name", nargs="?", help="preset name (see `mobilemoe presets`)")
+    g.add_argument("--file", metavar="PATH", help="install this params file instead of a preset")
     p.set_defaults(func=run_use)
     p = sub.add_parser("config", help="print the validated configuration as YAML")
     add_config_args(p)
@@ -28,13 +32,23 @@ def add_parser(sub) -> None:
 def run_use(args) -> int:
     from ..config import load_params, params_path, preset_path
 
-    src = preset_path(args.name)
+    src = Path(args.file) if args.file else preset_path(args.name)
     load_params(src)  # never install an invalid file
     dst = params_path()
-    if dst.exists():
-        shutil.copy2(dst, dst.with_name("params.yaml.bak"))
-    shutil.copyfile(src, dst)
-    print(f"params.yaml is now preset {args.name!r} (previous file kept as params.yaml.bak)")
+    what = f"file {str(src)!r}" if args.file else f"preset {args.name!r}"
+    if dst.exists() and src.resolve() == dst.resolve():
+        print(f"params.yaml already is {what}; nothing changed")
+        return 0
+    # Validated first and installed by one rename: a failure leaves params.yaml as it was.
+    tmp = dst.with_name(f".params.yaml.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        if dst.exists():
+            shutil.copy2(dst, dst.with_name("params.yaml.bak"))
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"params.yaml is now {what} (previous file kept as params.yaml.bak)")
     return 0
 
 

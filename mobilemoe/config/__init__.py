@@ -114,6 +114,11 @@ def preset_names() -> list[str]:
 
 
 def preset_path(name: str) -> Path:
+    # A preset is a name, never a path: "../params" or "/tmp/x" are not presets.
+    if name not in preset_names():
+        raise ConfigError(f"unknown preset {name!r}; available presets: "
+                          f"{', '.join(preset_names()) or '(none found in ' + str(preset_dir()) + ')'}"
+                          "; give a file with --file PATH")
     path = preset_dir() / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown preset {name!r}; available presets: "
@@ -152,21 +157,50 @@ def apply_overrides(raw: dict, overrides: Iterable[str]) -> dict:
     return raw
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping with the same key twice (YAML keeps the last one
+    silently, so a duplicated ``lr:`` would hide the value the user meant)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found (copy a preset: "
                           f"`mobilemoe use-preset tiny`, or pass an existing file)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: is not UTF-8 text (byte {e.start}); a params file is YAML") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror or e})") from None
+    return parse_yaml_text(text, str(path))
+
+
+def parse_yaml_text(text: str, where: str) -> dict:
+    """The raw params mapping in ``text`` (read from ``where``); any YAML problem, a
+    duplicate key included, is a ConfigError naming the line."""
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
+        at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{where}:{at} is not valid YAML ({getattr(e, 'problem', e)})") from None
+    except RecursionError:  # deeply nested flow collections
+        raise ConfigError(f"{where}: nested too deeply to be a params file") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: must be a YAML mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(f"{where}: must be a YAML mapping of sections, got {type(raw).__name__}")
     return raw
 
 

@@ -9,6 +9,8 @@ building); it raises ``ConfigError`` through :func:`fail`.
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 import types
 import typing
@@ -96,14 +98,19 @@ def _convert(tp: Any, value: Any, key: str, complete: bool = False) -> Any:
             return int(value)
         fail(key, f"must be an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        fail(key, f"must be a number, got {value!r}")
+        if number is None:
+            fail(key, f"must be a number, got {value!r}")
+        if not math.isfinite(number):  # .nan/.inf would only fail later, deep in torch
+            fail(key, f"must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

@@ -19,7 +19,9 @@ counts them per task so results can report it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Optional
@@ -48,6 +50,15 @@ def _int_arg(name: str, value, default: Optional[int]) -> Optional[int]:
     return out
 
 
+@contextlib.contextmanager
+def _one_error_line():
+    try:
+        yield
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
 class _TokenLM(TemplateLM):
     """Shared tokenization, request handling and statistics; subclasses provide
     ``_logits_last(rows, n_last)`` (logits of the scored positions), optionally
@@ -56,6 +67,19 @@ class _TokenLM(TemplateLM):
     the token budget per pass."""
 
     backend = "causal"
+
+    # The stock ``lm_eval --model mobilemoe[-pte]`` CLI builds models through these two
+    # classmethods: a user error there (missing checkpoint, stale manifest, bad .pte) ends
+    # in one ``error:`` line and exit 2, like ``mobilemoe eval``, not in a traceback.
+    @classmethod
+    def create_from_arg_string(cls, arg_string, additional_config=None):
+        with _one_error_line():
+            return super().create_from_arg_string(arg_string, additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict, additional_config=None):
+        with _one_error_line():
+            return super().create_from_arg_obj(arg_dict, additional_config)
 
     def __init__(self, tokenizer_path: Path, max_length: int, batch_size: int,
                  max_gen_toks: int, vocab_size: Optional[int]):

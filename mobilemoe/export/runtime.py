@@ -45,6 +45,15 @@ def set_runtime_threads(n: int) -> None:
     _runtime()._unsafe_reset_threadpool(int(n))
 
 
+def refuse_unloadable(path: Path) -> None:
+    """A UserError naming ``path`` unless a child process can load it: ExecuTorch aborts
+    the process on some corrupt files rather than raising (device_lab.program_probe)."""
+    from device_lab.program_probe import probe_program
+
+    if (problem := probe_program(path)) is not None:
+        raise UserError(f"{path}: {problem}; is it a .pte written by `mobilemoe export`?")
+
+
 class PteModel:
     """An LLM-convention ``.pte`` loaded in this process."""
 
@@ -53,6 +62,7 @@ class PteModel:
         self.path = Path(pte_path)
         if not self.path.is_file():
             raise UserError(f"{self.path}: program not found")
+        refuse_unloadable(self.path)
         rt = _runtime()
         if threads is not None:
             rt._unsafe_reset_threadpool(int(threads))

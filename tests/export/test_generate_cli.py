@@ -102,6 +102,6 @@ def test_generate_command_bad_input(tmp_path, capsys):
     assert "missing.pte: program not found" in capsys.readouterr().err
     (tmp_path / "junk.pte").write_bytes(b"not a program")
     assert main(["generate", "--pte", str(tmp_path / "junk.pte"), "--prompt", "x"]) == 2
-    assert "ExecuTorch could not load it" in capsys.readouterr().err
+    assert "junk.pte: not an ExecuTorch program" in capsys.readouterr().err
     assert main(["generate", "--checkpoint", str(tmp_path), "--prompt", "x"]) == 2
     assert "not a checkpoint" in capsys.readouterr().err

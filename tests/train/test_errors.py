@@ -90,3 +90,22 @@ def test_cli_trains_and_reports_bad_input_in_one_line(data_root, tmp_path, capsy
                    str(data_root), "--params", str(params_file), "--init", str(tmp_path / "missing")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and "missing" in err[0]
+
+
+def test_config_edited_consistently_to_another_size_is_one_error(smoke_checkpoint, tmp_path):
+    """config.json and the manifest edited together (the manifest verifies) to another
+    d_model: the weights' shapes give it away, as one CheckpointError naming the file."""
+    import json
+    import shutil
+
+    from mobilemoe.checkpoint import load_checkpoint, write_manifest
+
+    folder = tmp_path / "edited"
+    shutil.copytree(smoke_checkpoint, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    model = cfg["model"] if "model" in cfg else cfg
+    model["d_model"] = model["d_model"] * 2
+    (folder / "config.json").write_text(json.dumps(cfg))
+    write_manifest(folder)
+    with pytest.raises(CheckpointError, match=r"model.safetensors: weights do not match config.json.*differ in shape"):
+        load_checkpoint(folder)

@@ -1,0 +1,53 @@
+"""The device-lab benchmark child on a program the runtime cannot load: the result names
+the file and the reason (ExecuTorch would abort the child with no message)."""
+
+from __future__ import annotations
+
+BAD = b"\x1c\x00\x00\x00ET12" + bytes(range(256)) * 16
+
+
+def test_device_lab_child_names_the_bad_program(tmp_path, tokenizer_file):
+    from device_lab.runner import Runner
+    from device_lab.backends import make_backend
+    from device_lab.submit import submit_job
+    from device_lab_helpers import make_queue
+
+    q = make_queue(f"file://{tmp_path}/queue")
+    pte = tmp_path / "model.pte"
+    pte.write_bytes(BAD)
+    bench = {"prompt_lengths": [8], "decode_tokens": 2, "repeats": 1, "warmup": 0, "threads": 1}
+    job = submit_job(q, pte, tokenizer_file, bench, backend="local-cpu")
+    Runner(q, [make_backend("local-cpu")], tmp_path / "w", poll_s=0.05).serve(idle_exit_s=0)
+    result = q.read_result(job)
+    assert result["status"] == "error", result
+    assert "model.pte" in result["reason"] and "ExecuTorch program" in result["reason"], result
+
+
+EMPTY_VOCAB = ('{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,'
+               '"pre_tokenizer":null,"post_processor":null,"decoder":null,'
+               '"model":{"type":"BPE","vocab":{},"merges":[]}}')
+
+
+def _one_job(tmp_path, pte, tokenizer, bench):
+    from device_lab.backends import make_backend
+    from device_lab.runner import Runner
+    from device_lab.submit import submit_job
+    from device_lab_helpers import make_queue
+
+    q = make_queue(f"file://{tmp_path}/queue")
+    job = submit_job(q, pte, tokenizer, bench, backend="local-cpu")
+    Runner(q, [make_backend("local-cpu")], tmp_path / "w", poll_s=0.05).serve(idle_exit_s=0)
+    return q.read_result(job)
+
+
+def test_input_dependent_benchmark_loops_are_bounded(tmp_path, llm_pte, tokenizer_file):
+    """A tokenizer that yields no tokens fails at once (it used to spin until the job
+    timeout); a prompt longer than the program's context is refused before it is built."""
+    empty = tmp_path / "empty.json"
+    empty.write_text(EMPTY_VOCAB)
+    bench = {"prompt_lengths": [8], "decode_tokens": 2, "repeats": 1, "warmup": 0, "threads": 1}
+    result = _one_job(tmp_path / "a", llm_pte, empty, bench)
+    assert result["status"] == "error" and "no tokens" in result["reason"], result
+    result = _one_job(tmp_path / "b", llm_pte, tokenizer_file, dict(bench, prompt_lengths=[1 << 20]))
+    assert result["status"] == "error" and "context" in result["reason"], result
+    assert str((1 << 20) + 2) in result["reason"]
