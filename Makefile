@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 
 setup: $(STAMP)
 
-$(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml scripts/setup_venv.sh
+$(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml scripts/setup_venv.sh $(wildcard mobilemoe_kernels/csrc/*)
 	PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" bash scripts/setup_venv.sh
 
 test: $(STAMP)

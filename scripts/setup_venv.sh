@@ -27,8 +27,10 @@ fi
 pip_q install --no-deps -r requirements-nodeps.txt
 pip_q install --no-deps --no-build-isolation -e .
 .venv/bin/python -m mobilemoe.setup_hooks
+# The top-k INT4 MoE kernel (C++, against the executorch wheel; needs g++ or $CXX).
+.venv/bin/python -m mobilemoe_kernels.build
 # Fail loudly if the environment is incomplete.
-.venv/bin/python -c "import torch, executorch, torchao, metaflow, mlflow, dvc, lm_eval, mobilemoe" 
+.venv/bin/python -c "import torch, executorch, torchao, metaflow, mlflow, dvc, lm_eval, mobilemoe, mobilemoe_kernels; mobilemoe_kernels.load()" 
 test -x .venv/bin/mobilemoe && test -x .venv/bin/dvc && test -x .venv/bin/lm_eval
 touch .venv/.installed
 echo "environment ready: .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
