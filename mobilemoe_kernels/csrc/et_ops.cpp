@@ -38,6 +38,17 @@ int64_t first_bad_id(const Tensor& ids, int64_t E) {
   return 0;
 }
 
+// K in [1, E] and every expert id in [0, E): the kernels index weights by these ids.
+bool routing_ok(KernelRuntimeContext& ctx, const Tensor& ids, int64_t E, const char* op) {
+  const int64_t K = ids.size(1);
+  ET_KERNEL_CHECK_MSG(ctx, K >= 1 && K <= E, InvalidArgument, false, "%s: K=%lld must be in [1, E=%lld]", op,
+                      (long long)K, (long long)E);
+  const int64_t bad = first_bad_id(ids, E);
+  ET_KERNEL_CHECK_MSG(ctx, bad >= 0 && bad < E, InvalidArgument, false, "%s: expert id %lld out of range [0, %lld)",
+                      op, (long long)bad, (long long)E);
+  return true;
+}
+
 Tensor& moe_ffn_8da4w_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& ids, const Tensor& gates,
                           const Tensor& w13p, const Tensor& w13s, const Tensor& w13c, const Tensor& w2p,
                           const Tensor& w2s, const Tensor& w2c, Tensor& out) {
@@ -68,11 +79,7 @@ Tensor& moe_ffn_8da4w_out(KernelRuntimeContext& ctx, const Tensor& x, const Tens
                       w2c.scalar_type() == ScalarType::Float && w2c.dim() == 2 && w2c.size(0) == E &&
                           w2c.size(1) == D,
                       InvalidArgument, out, "mmoe: w2_corr must be float32 [E, D]");
-  ET_KERNEL_CHECK_MSG(ctx, K >= 1 && K <= E, InvalidArgument, out, "mmoe: K=%lld must be in [1, E=%lld]",
-                      (long long)K, (long long)E);
-  const int64_t bad = first_bad_id(ids, E);
-  ET_KERNEL_CHECK_MSG(ctx, bad >= 0 && bad < E, InvalidArgument, out,
-                      "mmoe::moe_ffn_8da4w: expert id %lld out of range [0, %lld)", (long long)bad, (long long)E);
+  if (!routing_ok(ctx, ids, E, "mmoe::moe_ffn_8da4w")) return out;
   int rc = moe_ffn_8da4w(x.const_data_ptr<float>(), ids.const_data_ptr<int64_t>(), gates.const_data_ptr<float>(),
                          x.size(0), K, E, D, H, w13p.const_data_ptr<uint8_t>(),
                          static_cast<const uint16_t*>(w13s.const_data_ptr()), w13c.const_data_ptr<float>(),
@@ -93,11 +100,7 @@ Tensor& moe_ffn_f32_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor
                       w2.scalar_type() == ScalarType::Float && w2.dim() == 3 && w2.size(0) == E &&
                           w2.size(1) == D && w2.size(2) == H,
                       InvalidArgument, out, "mmoe: w2 must be float32 [E, D, H]");
-  ET_KERNEL_CHECK_MSG(ctx, K >= 1 && K <= E, InvalidArgument, out, "mmoe: K=%lld must be in [1, E=%lld]",
-                      (long long)K, (long long)E);
-  const int64_t bad = first_bad_id(ids, E);
-  ET_KERNEL_CHECK_MSG(ctx, bad >= 0 && bad < E, InvalidArgument, out,
-                      "mmoe::moe_ffn_f32: expert id %lld out of range [0, %lld)", (long long)bad, (long long)E);
+  if (!routing_ok(ctx, ids, E, "mmoe::moe_ffn_f32")) return out;
   int rc = moe_ffn_f32(x.const_data_ptr<float>(), ids.const_data_ptr<int64_t>(), gates.const_data_ptr<float>(),
                        x.size(0), K, E, D, H, w13.const_data_ptr<float>(), w2.const_data_ptr<float>(),
                        out.mutable_data_ptr<float>());

@@ -127,15 +127,20 @@ struct ActRow {
   int32_t zp;
 };
 
+// torchao's asymmetric per-row INT8 parameters from the row's min and max (fp32, as torch).
+inline void act_qparams(float mn, float mx, float* scale_out, float* zp_out) {
+  const float min_neg = std::min(mn, 0.0f), max_pos = std::max(mx, 0.0f);
+  const float scale = std::max((max_pos - min_neg) / 255.0f, 1.17549435e-38f);  // eps: FLT_MIN
+  const float zpf = -128.0f - std::nearbyint(min_neg / scale);
+  *scale_out = scale;
+  *zp_out = std::min(std::max(zpf, -128.0f), 127.0f);
+}
+
 void quant_row(const float* v, int64_t C, int8_t* q, int32_t* gsum, float* scale_out, int32_t* zp_out) {
   float mn = v[0], mx = v[0];
   for (int64_t i = 1; i < C; ++i) { mn = std::min(mn, v[i]); mx = std::max(mx, v[i]); }
-  float min_neg = std::min(mn, 0.0f);
-  float max_pos = std::max(mx, 0.0f);
-  float scale = (max_pos - min_neg) / 255.0f;
-  scale = std::max(scale, 1.17549435e-38f);
-  float zpf = -128.0f - std::nearbyint(min_neg / scale);
-  zpf = std::min(std::max(zpf, -128.0f), 127.0f);
+  float scale, zpf;
+  act_qparams(mn, mx, &scale, &zpf);
   float inv = 1.0f / scale;
   for (int64_t i = 0; i < C; ++i) {
     float r = std::nearbyint(v[i] * inv) + zpf;
@@ -167,12 +172,8 @@ __attribute__((target("avx2,fma"))) void quant_row_avx2(const float* v, int64_t 
   _mm256_store_ps(bmx, vmx);
   float mn = bmn[0], mx = bmx[0];
   for (int j = 1; j < 8; ++j) { mn = std::min(mn, bmn[j]); mx = std::max(mx, bmx[j]); }
-  float min_neg = std::min(mn, 0.0f);
-  float max_pos = std::max(mx, 0.0f);
-  float scale = (max_pos - min_neg) / 255.0f;
-  scale = std::max(scale, 1.17549435e-38f);
-  float zpf = -128.0f - std::nearbyint(min_neg / scale);
-  zpf = std::min(std::max(zpf, -128.0f), 127.0f);
+  float scale, zpf;
+  act_qparams(mn, mx, &scale, &zpf);
   const __m256 inv = _mm256_set1_ps(1.0f / scale), vzp = _mm256_set1_ps(zpf);
   const __m256 lo = _mm256_set1_ps(-128.0f), hi = _mm256_set1_ps(127.0f);
   for (int64_t g = 0; g < C / 32; ++g) {
