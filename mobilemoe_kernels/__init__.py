@@ -19,7 +19,8 @@ import os
 import threading
 from pathlib import Path
 
-__all__ = ["OPERATORS", "KernelLibraryError", "library_path", "load", "is_loaded", "isa", "raw"]
+__all__ = ["OPERATORS", "KernelLibraryError", "library_path", "load", "is_loaded", "isa", "raw",
+           "operators_in", "load_for"]
 
 OPERATORS = ("mmoe::moe_ffn_8da4w", "mmoe::moe_ffn_f32")
 
@@ -37,6 +38,10 @@ class KernelLibraryError(RuntimeError):
 
 
 def library_path() -> Path:
+    """``lib/libmobilemoe_kernels.so`` beside this package, or ``$MOBILEMOE_KERNELS_LIBRARY``."""
+    override = os.environ.get("MOBILEMOE_KERNELS_LIBRARY")
+    if override:
+        return Path(override).expanduser().resolve()
     return Path(__file__).resolve().parent / "lib" / "libmobilemoe_kernels.so"
 
 
@@ -72,6 +77,39 @@ def load() -> Path:
         os.environ[_ENV_GUARD] = f"{os.getpid()}:{path}"
         _LIB, _LOADED_PATH = lib, path
         return path
+
+
+def operators_in(program: str | os.PathLike) -> list[str]:
+    """The ``mmoe::`` operators a ``.pte`` file calls (its operator table names them)."""
+    import mmap
+
+    with open(program, "rb") as f:
+        try:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # an empty file cannot be mapped
+            return []
+        with data:
+            return [op for op in OPERATORS if data.find(op.encode()) >= 0]
+
+
+def load_for(program: str | os.PathLike) -> list[str]:
+    """Load the library if ``program`` calls our operators; returns those operators.
+
+    Without the library such a program loads but fails at its first run with ExecuTorch's
+    bare "OperatorMissing"; this raises :class:`KernelLibraryError` naming the operator
+    and how to get the library instead.
+    """
+    ops = operators_in(program)
+    if ops and not is_loaded():
+        try:
+            load()
+        except KernelLibraryError as e:
+            raise KernelLibraryError(
+                f"{program} calls {', '.join(ops)} (mobilemoe's MoE kernel), which needs "
+                f"libmobilemoe_kernels loaded in the process: {e}. From Python, "
+                "`import mobilemoe_kernels; mobilemoe_kernels.load()` before loading the program; "
+                "a C++ runner links or dlopens lib/libmobilemoe_kernels.so (docs/kernels.md)") from None
+    return ops
 
 
 def _declare(lib: ctypes.CDLL) -> None:

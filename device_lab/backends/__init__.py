@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 _ENV_ALLOW = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "LD_LIBRARY_PATH",
-              "PYTHONPATH", "VIRTUAL_ENV", "SYSTEMROOT")
+              "PYTHONPATH", "VIRTUAL_ENV", "SYSTEMROOT",
+              # which MoE kernel library / SIMD path the program's mmoe:: operators use
+              "MOBILEMOE_KERNELS_LIBRARY", "MOBILEMOE_KERNELS_ISA")
 
 
 class BackendError(RuntimeError):

@@ -138,6 +138,25 @@ def _refuse_unloadable(program: str) -> None:
         raise BackendError(f"job.artifact ({Path(program).name}): {problem}")
 
 
+def _load_moe_kernels(program: str) -> None:
+    """Programs exported with mobilemoe's top-k MoE kernel call ``mmoe::`` operators that
+    live in its library; without it the runner fails with a bare "OperatorMissing"."""
+    try:
+        import mobilemoe_kernels
+    except ImportError:
+        with open(program, "rb") as f:
+            data = f.read()
+        if b"mmoe::" in data:
+            raise BackendError(f"job.artifact ({Path(program).name}) calls mmoe:: operators "
+                               "(mobilemoe's MoE kernel) but the package mobilemoe_kernels is "
+                               "not importable here; install the project (make setup)") from None
+        return
+    try:
+        mobilemoe_kernels.load_for(program)
+    except mobilemoe_kernels.KernelLibraryError as e:
+        raise BackendError(f"job.artifact ({Path(program).name}): {e}") from None
+
+
 def _check_context(spec: dict) -> None:
     """Refuse prompt lengths the program cannot hold before any prompt is built (building a
     2^20-token prompt is itself minutes of work): prompt + decode tokens must fit the
@@ -189,6 +208,7 @@ def bench(spec: dict) -> dict:
         import executorch.kernels.quantized  # noqa: F401  (INT4 embedding kernels, STACK.md)
     except ImportError:
         pass
+    _load_moe_kernels(spec["program"])
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
     baseline = rss_now_bytes()

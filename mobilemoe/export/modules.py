@@ -1,11 +1,11 @@
 """The model in the form the exporter traces: the same computation, in operators XNNPACK takes.
 
-    program_model = ExportableMobileMoE(model, max_context_len=256)   # model: static experts
+    program_model = ExportableMobileMoE(model, max_context_len=256)   # float or converted model
     logits_BTV = program_model(tokens_1T, input_pos_T)                # prefill and decode
 
 A source transform (as ExecuTorch's llama export swaps modules before export), built from
-a ``MobileMoE`` whose experts are ``StaticExperts`` (float, or quantized by
-:func:`mobilemoe.quant.convert_qat`); it shares that model's weights. Why each piece
+a ``MobileMoE`` in float (routed experts) or converted by :func:`mobilemoe.quant.convert_qat`
+(``QuantizedExperts``); it shares that model's weights. Why each piece
 differs from the training modules (every difference is numerically neutral or a change of
 summation order; the parity tests hold the program to the eager model):
 
@@ -22,7 +22,11 @@ summation order; the parity tests hold the program to the eager model):
   values (ExecuTorch zero-fills planned memory), so weights of exactly 0 never meet NaN.
   (Attending to the call's own K/V before writing them would spare the split that the
   cache write makes, but needs a concatenated V cache per call; measured: no faster.)
-* Routing keeps only ``topk`` and one ``scatter`` outside XNNPACK (no XNNPACK op exists).
+* The routed experts are one call of mobilemoe's top-k kernel per MoE layer
+  (``mmoe::moe_ffn_8da4w`` on the packed INT4 experts, ``mmoe::moe_ffn_f32`` for fp32
+  programs; package ``mobilemoe_kernels``, docs/kernels.md): decode reads only the chosen
+  experts' weights, prefill groups tokens by expert. Routing is ``Router`` itself (the
+  router linear runs in XNNPACK; topk, gather and the renormalisation are portable ops).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model.moe import MoEFeedForward, StaticExperts, SwiGLU
+from ..model.moe import MoEFeedForward, RoutedExperts, SwiGLU
 from ..model.transformer import Attention, MobileMoE, RMSNorm
 
 
@@ -93,51 +97,35 @@ class ExportSwiGLU(nn.Module):
 
 
 class ExportMoE(nn.Module):
-    """``MoEFeedForward`` over ``StaticExperts``: every expert, gates on the hidden units.
-
-    Routing as ``Router`` computes it, arranged so only ``topk`` and one ``scatter`` (no
-    XNNPACK op exists for them) run outside XNNPACK, next to each other: the gates are the
-    router scores times a 0/1 mask of the chosen experts, renormalised with a matmul
-    (a row sum) instead of gather + sum, so the expert matmuls stay in the partition that
-    follows.
-    """
+    """``MoEFeedForward`` with its routed experts as one call of the top-k kernel."""
 
     def __init__(self, ffn: MoEFeedForward):
         super().__init__()
-        experts = ffn.experts
-        if not isinstance(experts, StaticExperts):
-            raise TypeError("export needs the fixed-shape experts: call model.use_static_experts()")
+        import mobilemoe_kernels.ops  # noqa: F401  (registers torch.ops.mmoe)
+
+        from ..quant.experts import QuantizedExperts
+
         self.router = ffn.router  # weight (fp32) and expert_bias buffer, shared
-        cfg = ffn.router.cfg
-        self.kind, self.top_k = cfg.router, cfg.top_k
-        self.renormalize, self.route_scale = cfg.renormalize, cfg.route_scale
-        self.n_experts, self.hidden = experts.n_experts, experts.hidden
-        self.register_buffer("ones_1E", torch.ones(1, experts.n_experts), persistent=False)
-        self.pair = GatedPair(experts.gate_up, experts.hidden)
-        self.down = experts.down
+        experts = ffn.experts
+        if isinstance(experts, QuantizedExperts):
+            self.kernel = "8da4w"
+        elif isinstance(experts, RoutedExperts):
+            if experts.fake_quant is not None:
+                raise TypeError("export a QAT model after convert_qat (mobilemoe.quant), not "
+                                "with its fake quantization")
+            self.kernel = "f32"
+        else:
+            raise TypeError(f"cannot export routed experts of type {type(experts).__name__}")
+        self.experts = experts
         self.shared = ExportSwiGLU(ffn.shared) if ffn.shared is not None else None
 
-    def gates(self, x_TD: torch.Tensor) -> torch.Tensor:
-        """(T, E) combine weights, zero for experts not chosen (``Router`` semantics)."""
-        logits_TE = F.linear(x_TD.float(), self.router.weight.float())
-        if self.kind == "sigmoid":
-            scores_TE = torch.sigmoid(logits_TE)
-            pick_TE = scores_TE + self.router.expert_bias  # the bias only picks (DeepSeek-V3)
-        else:
-            scores_TE = torch.softmax(logits_TE, dim=-1)
-            pick_TE = scores_TE
-        _, idx_TK = torch.topk(pick_TE, self.top_k, dim=-1)
-        chosen_TE = torch.zeros_like(scores_TE).scatter(1, idx_TK, 1.0)
-        gate_TE = scores_TE * chosen_TE
-        if self.renormalize:
-            gate_TE = gate_TE / (F.linear(gate_TE, self.ones_1E) + 1e-20)
-        return gate_TE * self.route_scale
-
     def forward(self, x_TD: torch.Tensor) -> torch.Tensor:
-        E, H = self.n_experts, self.hidden
-        gate_TE = self.gates(x_TD).to(x_TD.dtype)
-        h_TEH = self.pair(x_TD).view(-1, E, H) * gate_TE.view(-1, E, 1)
-        y_TD = self.down(h_TEH.view(-1, E * H))
+        routing = self.router(x_TD)
+        idx_TK, gate_TK = routing.topk_idx_TK, routing.topk_weight_TK
+        if self.kernel == "8da4w":
+            y_TD = torch.ops.mmoe.moe_ffn_8da4w(x_TD, idx_TK, gate_TK, *self.experts.packed())
+        else:
+            y_TD = torch.ops.mmoe.moe_ffn_f32(x_TD, idx_TK, gate_TK, self.experts.w13, self.experts.w2)
         if self.shared is not None:
             y_TD = y_TD + self.shared(x_TD)
         return y_TD

@@ -72,6 +72,7 @@ def export_pte(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike,
     pte_bytes = program.buffer
     timings["serialize_s"] = time.perf_counter() - t
     ops = operator_report(program)
+    moe = _moe_summary(src.model, ops)
     export_s = time.perf_counter() - t0
 
     out.mkdir(parents=True, exist_ok=True)
@@ -86,8 +87,10 @@ def export_pte(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike,
         "tokenizer": TOKENIZER, "tokenizer_sha256": sha256_file(out / TOKENIZER),
         "quantization": {"scheme": src.quantize, "group_size": src.group_size,
                          "quantize_embedding": bool(src.qat and src.qat.quantize_embedding),
-                         # XNNPACK keeps INT4 group scales in bf16 (PAPER.md says fp16 scales)
-                         "weight_scale_dtype": "bf16 (XNNPACK)" if src.qat else None},
+                         # XNNPACK keeps INT4 group scales in bf16 (the paper says fp16);
+                         # the MoE kernel's experts keep fp16 scales
+                         "weight_scale_dtype": ("bf16 (XNNPACK linears), fp16 (MoE kernel experts)"
+                                                if src.qat else None)},
         "source": {"checkpoint": str(src.checkpoint), "checkpoint_sha256": src.checkpoint_sha256,
                    "stage": src.stage, "step": src.config.get("step"),
                    "model": src.config.get("model", {}).get("name")},
@@ -95,6 +98,7 @@ def export_pte(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike,
         "metadata": program_metadata(src, context),
         "size": {"program_bytes": len(pte_bytes), **_accounted_bytes(cfg)},
         "operators": ops,
+        "moe": moe,
         "export_s": export_s, "timings": timings,
         "versions": _versions(),
     }
@@ -111,6 +115,24 @@ def export_pte(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike,
         timings["parity_s"] = time.perf_counter() - t
     _write_atomic(out / REPORT, json.dumps(report, indent=1, sort_keys=True).encode())
     return report
+
+
+def _moe_summary(model, ops: dict) -> dict:
+    """MoE layers of the model vs the layers whose program calls the top-k kernel.
+
+    ``moe_fallback`` is true if any MoE layer's routed experts run without the kernel
+    (that is, all experts for every token): such a program must not ship.
+    """
+    cfg = model.cfg
+    moe_layers = [f"layer.{i}" for i in range(cfg.n_layers) if cfg.is_moe_layer(i)]
+    kernel_layers = set(ops.get("moe", {}).get("kernel_layers", []))
+    fallback = [name for name in moe_layers if name not in kernel_layers]
+    return {"moe_layers": moe_layers, "kernel_layers": sorted(kernel_layers & set(moe_layers),
+                                                              key=lambda n: int(n.split(".")[1])),
+            "fallback_layers": fallback, "moe_fallback": bool(fallback),
+            "kernel": "mmoe::moe_ffn_8da4w" if any(
+                "moe_ffn_8da4w" in c for c in ops.get("moe", {}).get("kernel_calls", {}).values())
+            else ("mmoe::moe_ffn_f32" if kernel_layers else None)}
 
 
 def _accounted_bytes(cfg) -> dict:

@@ -54,7 +54,7 @@ class ExportError(UserError):
 class SourceModel:
     """What the chain exports and what the report says about it."""
 
-    model: Any  # MobileMoE with StaticExperts, eval mode (quantized for 8da4w)
+    model: Any  # MobileMoE in eval mode (converted by convert_qat for 8da4w)
     config: dict  # the checkpoint's config.json
     checkpoint: Path
     checkpoint_sha256: str
@@ -113,7 +113,7 @@ def load_source(checkpoint_dir: str | Path, quantize: str = "8da4w") -> SourceMo
                 "checkpoint, or pass quantize='none' (--quantize none) for an fp32 program")
         model = convert_qat(model, spec)
     else:
-        model = model.eval().use_static_experts()
+        model = model.eval()
     return SourceModel(model, config, folder, sha, tokenizer, quantize,
                        spec if quantize == "8da4w" else None)
 
@@ -171,6 +171,7 @@ def check_kernels(program) -> None:
     """
     from executorch.extension.pybindings import portable_lib
 
+    _load_quantized_kernels()  # their operators count as available once loaded
     have = set(portable_lib._get_operator_names())
     for node in program.exported_program().graph_module.graph.nodes:
         schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
@@ -238,19 +239,39 @@ def operator_report(program) -> dict[str, Any]:
         all_delegated.update(c)
     for c in portable.values():
         all_portable.update(c)
-    return {"backend": "XnnpackBackend", "partitions": n_partitions,
+    moe = moe_kernel_report(portable)
+    return {"backend": "XnnpackBackend", "partitions": n_partitions, "moe": moe,
             "delegated_ops": total_delegated, "portable_ops": total_portable,
             "delegated_by_op": dict(sorted(all_delegated.items())),
             "portable_by_op": dict(sorted(all_portable.items())), "per_layer": per_layer}
 
 
+def moe_kernel_report(portable: dict[str, Counter]) -> dict[str, Any]:
+    """Which layers run the routed experts with the top-k kernel (``mmoe::``)."""
+    kernel = {layer: {op: n for op, n in ops.items() if op.startswith("moe_ffn_")}
+              for layer, ops in portable.items()}
+    layers = sorted((k for k, ops in kernel.items() if ops), key=_layer_sort_key)
+    return {"kernel_layers": layers, "kernel_calls": {k: kernel[k] for k in layers}}
+
+
 # -- helpers ------------------------------------------------------------------------------
 
 def _load_quantized_kernels() -> None:
-    try:  # registers quantized_decomposed::embedding_4bit & co. (STACK.md: export AND run time)
+    try:  # registers quantized_decomposed::embedding_4bit & co. (needed at export AND run time)
         import executorch.kernels.quantized  # noqa: F401
     except ImportError:
         pass
+    load_moe_kernels()
+
+
+def load_moe_kernels() -> None:
+    """Load mobilemoe's MoE kernel library (``mmoe::`` ExecuTorch kernels) into the process."""
+    import mobilemoe_kernels
+
+    try:
+        mobilemoe_kernels.load()
+    except mobilemoe_kernels.KernelLibraryError as e:
+        raise ExportError(f"the MoE kernel library is needed to export and run MoE programs: {e}") from None
 
 
 def _op_name(node) -> str:

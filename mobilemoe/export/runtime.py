@@ -33,11 +33,22 @@ def _runtime():
         from executorch.extension.pybindings import _C as rt
     except ImportError:  # pragma: no cover - older wheels
         from executorch.extension.pybindings import portable_lib as rt
-    try:  # INT4 embedding kernels: needed at run time too (STACK.md)
+    try:  # INT4 embedding kernels: needed at run time too
         import executorch.kernels.quantized  # noqa: F401
     except ImportError:
         pass
     return rt
+
+
+def load_kernels_for(path: Path) -> list[str]:
+    """Load mobilemoe's MoE kernel library if the program calls it (a UserError if it cannot)."""
+    import mobilemoe_kernels
+
+    _runtime()
+    try:
+        return mobilemoe_kernels.load_for(path)
+    except mobilemoe_kernels.KernelLibraryError as e:
+        raise UserError(str(e)) from None
 
 
 def set_runtime_threads(n: int) -> None:
@@ -63,6 +74,7 @@ class PteModel:
         if not self.path.is_file():
             raise UserError(f"{self.path}: program not found")
         refuse_unloadable(self.path)
+        self.kernel_ops = load_kernels_for(self.path)
         rt = _runtime()
         if threads is not None:
             rt._unsafe_reset_threadpool(int(threads))

@@ -10,16 +10,18 @@ Two routers (``model.moe.router``):
 * ``softmax`` (OLMoE): p = softmax(x W_r^T); top-k on p; load-balancing loss
   E * sum_e f_e P_e and router z-loss mean(logsumexp(logits)^2) with their weights.
 
-Two compute paths over the same parameters (``RoutedExperts.w13 [E, 2H, D]``,
-``w2 [E, D, H]``):
+One routing function, :func:`route`, computes the choice and the gates from the router
+logits; ``Router`` (training and evaluation) and the exported program
+(``mobilemoe.export.modules.ExportMoE``, which calls ``Router`` itself) both use it.
 
-* training path (``RoutedExperts.forward``): tokens sorted by expert, one ``unbind`` of
-  the stacked weights, one matmul pair per expert on just its tokens. Indexing the
-  stacked parameter per expert makes autograd build a full (E, ...) gradient per expert
-  (STACK.md, "MoE compute on CPU"); ``unbind`` once avoids it.
-* fixed-shape path (``StaticExperts``): every expert as two dense ``nn.Linear`` with the
-  router's (mostly zero) gates on the hidden units. No data-dependent shapes, so
-  ``torch.export`` accepts it and XNNPACK takes (and INT4-quantizes) the linears.
+The routed experts (``RoutedExperts.w13 [E, 2H, D]``, ``w2 [E, D, H]``) compute, per token
+t and chosen expert k: h = silu(x W_g^T) * (x W_u^T), y_k = h W_2^T, out = sum_k g_k y_k
+(the gate multiplies the expert's *output*, as the deployed kernel ``mmoe::moe_ffn_*``
+does, so that quantization-aware training sees the activations the kernel quantizes).
+Training path (``RoutedExperts.forward``): tokens sorted by expert, one ``unbind`` of the
+stacked weights, one matmul pair per expert on just its tokens. Indexing the stacked
+parameter per expert makes autograd build a full (E, ...) gradient per expert;
+``unbind`` once avoids it.
 
 Shape suffixes follow torchtitan: T tokens, D model dim, E experts, K top-k, H hidden.
 """
@@ -42,6 +44,28 @@ class Routing:
     topk_idx_TK: torch.Tensor  # int64 expert ids
     topk_weight_TK: torch.Tensor  # fp32 combine weights (after renormalise and scale)
     logits_TE: torch.Tensor  # fp32 router logits
+
+
+def route(logits_TE: torch.Tensor, expert_bias: Optional[torch.Tensor], cfg: MoEConfig
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(topk_idx_TK, topk_weight_TK, scores_TE)`` from fp32 router logits.
+
+    sigmoid: scores = sigmoid(logits), chosen by top-k of scores + ``expert_bias`` (the bias
+    only picks); softmax: scores = softmax(logits), chosen by top-k of scores. The gates
+    are the chosen scores, renormalised to sum 1 if ``cfg.renormalize``, times
+    ``cfg.route_scale``. Only operators ExecuTorch runs (topk, gather, sum, div).
+    """
+    if cfg.router == "sigmoid":
+        scores_TE = torch.sigmoid(logits_TE)
+        pick_TE = scores_TE if expert_bias is None else scores_TE + expert_bias
+    else:
+        scores_TE = torch.softmax(logits_TE, dim=-1)
+        pick_TE = scores_TE
+    _, topk_idx_TK = torch.topk(pick_TE, cfg.top_k, dim=-1)
+    topk_weight_TK = scores_TE.gather(-1, topk_idx_TK)
+    if cfg.renormalize:
+        topk_weight_TK = topk_weight_TK / (topk_weight_TK.sum(-1, keepdim=True) + 1e-20)
+    return topk_idx_TK, topk_weight_TK * cfg.route_scale, scores_TE
 
 
 class Router(nn.Module):
@@ -68,16 +92,8 @@ class Router(nn.Module):
                 logits_TE = F.linear(x_TD.float(), self.weight.float())
         else:
             logits_TE = F.linear(x_TD.float(), self.weight.float())
-        if cfg.router == "sigmoid":
-            scores_TE = torch.sigmoid(logits_TE)
-            _, topk_idx_TK = torch.topk(scores_TE + self.expert_bias, cfg.top_k, dim=-1)
-        else:
-            scores_TE = torch.softmax(logits_TE, dim=-1)
-            _, topk_idx_TK = torch.topk(scores_TE, cfg.top_k, dim=-1)
-        topk_weight_TK = scores_TE.gather(-1, topk_idx_TK)
-        if cfg.renormalize:
-            topk_weight_TK = topk_weight_TK / (topk_weight_TK.sum(-1, keepdim=True) + 1e-20)
-        topk_weight_TK = topk_weight_TK * cfg.route_scale
+        bias = self.expert_bias if cfg.router == "sigmoid" else None
+        topk_idx_TK, topk_weight_TK, scores_TE = route(logits_TE, bias, cfg)
 
         if self.training and not torch.compiler.is_compiling():
             self._record_load(topk_idx_TK, logits_TE, scores_TE)
@@ -128,9 +144,9 @@ class RoutedExperts(nn.Module):
         self.n_experts, self.hidden = n_experts, hidden
         self.w13 = nn.Parameter(torch.empty(n_experts, 2 * hidden, d_model))  # gate ; up
         self.w2 = nn.Parameter(torch.empty(n_experts, d_model, hidden))  # down
-        # Optional per-weight / per-activation transforms (fake quantization in QAT).
-        self.weight_fake_quant = None
-        self.act_fake_quant = None
+        # Optional fake quantization (QAT): ``.weight(w)`` on w13 / w2 and ``.act(x)`` on
+        # each expert input row (mobilemoe.quant.experts.ExpertFakeQuant).
+        self.fake_quant: Optional[nn.Module] = None
 
     def forward(self, x_TD: torch.Tensor, routing: Routing) -> torch.Tensor:
         T, D = x_TD.shape
@@ -141,13 +157,12 @@ class RoutedExperts(nn.Module):
         counts = torch.bincount(flat_S, minlength=self.n_experts).tolist()
         token_S = order_S // K
         x_SD = x_TD[token_S]
-        gate_S1 = w_TK.reshape(-1)[order_S].unsqueeze(1).to(x_TD.dtype)
+        gate_S1 = w_TK.reshape(-1)[order_S].unsqueeze(1)
 
-        w13, w2 = self.w13, self.w2
-        if self.weight_fake_quant is not None:
-            w13, w2 = self.weight_fake_quant(w13), self.weight_fake_quant(w2)
-        if self.act_fake_quant is not None:
-            x_SD = self.act_fake_quant(x_SD)
+        fq = self.fake_quant
+        w13, w2 = (self.w13, self.w2) if fq is None else (fq.weight(self.w13), fq.weight(self.w2))
+        if fq is not None:
+            x_SD = fq.act(x_SD)  # per row: every routed copy of a token quantizes alike
         w13_e, w2_e = w13.unbind(0), w2.unbind(0)
         hidden = []
         for e, x_nD in enumerate(x_SD.split(counts)):
@@ -155,49 +170,15 @@ class RoutedExperts(nn.Module):
                 continue
             g_nH, u_nH = F.linear(x_nD, w13_e[e]).chunk(2, dim=-1)
             hidden.append(F.silu(g_nH) * u_nH)
-        # The combine weight is applied to the hidden units (before the down projection,
-        # equal in exact arithmetic): the static path does the same, so the activations
-        # that INT8 quantization sees are the same in both.
-        h_SH = torch.cat(hidden) * gate_S1
-        if self.act_fake_quant is not None:
-            h_SH = self.act_fake_quant.per_token_group(h_SH, token_S, T)
+        h_SH = torch.cat(hidden)
+        if fq is not None:
+            h_SH = fq.act(h_SH)  # per (token, expert) row, before the gate (as the kernel)
         # split (one autograd node), never per-expert slicing: each slice's backward would
         # allocate a zero gradient of the whole (S, H) tensor.
         out = [F.linear(h_nH, w2_e[e]) for e, h_nH in enumerate(h_SH.split(counts)) if counts[e]]
-        y_SD = torch.cat(out)
+        y_SD = torch.cat(out) * gate_S1.to(h_SH.dtype)
         # Under autocast the expert outputs are bf16 while the residual stream is fp32.
         return torch.zeros_like(x_TD).index_add_(0, token_S, y_SD.to(x_TD.dtype))
-
-
-class StaticExperts(nn.Module):
-    """Fixed-shape path over the same weights: all experts as two dense linears.
-
-    Exportable (no data-dependent shapes) and quantizable by ``quantize_`` as plain
-    ``nn.Linear``; costs E/K times the routed compute, which is why training uses the
-    routed path.
-    """
-
-    def __init__(self, experts: RoutedExperts):
-        super().__init__()
-        E, H2, D = experts.w13.shape
-        H = H2 // 2
-        self.n_experts, self.hidden = E, H
-        self.gate_up = nn.Linear(D, E * 2 * H, bias=False)
-        self.down = nn.Linear(E * H, D, bias=False)
-        with torch.no_grad():
-            self.gate_up.weight.copy_(experts.w13.detach().reshape(E * 2 * H, D))
-            self.down.weight.copy_(experts.w2.detach().permute(1, 0, 2).reshape(D, E * H))
-        self.to(experts.w13.device)
-
-    def forward(self, x_TD: torch.Tensor, routing: Routing) -> torch.Tensor:
-        T = x_TD.shape[0]
-        E, H = self.n_experts, self.hidden
-        gate_TE = torch.zeros(T, E, dtype=x_TD.dtype, device=x_TD.device).scatter(
-            1, routing.topk_idx_TK, routing.topk_weight_TK.to(x_TD.dtype))
-        gu_TEH2 = self.gate_up(x_TD).view(T, E, 2 * H)
-        g_TEH, u_TEH = gu_TEH2[..., :H], gu_TEH2[..., H:]
-        h_TEH = F.silu(g_TEH) * u_TEH * gate_TE.unsqueeze(-1)
-        return self.down(h_TEH.reshape(T, E * H))
 
 
 class SwiGLU(nn.Module):
@@ -232,7 +213,3 @@ class MoEFeedForward(nn.Module):
         if self.shared is not None:
             y_TD = y_TD + self.shared(x_TD)
         return y_TD.view(shape)
-
-    def use_static_experts(self) -> None:
-        if isinstance(self.experts, RoutedExperts):
-            self.experts = StaticExperts(self.experts)

@@ -287,13 +287,6 @@ class MobileMoE(nn.Module):
         """Call after each optimizer step: balancing update; returns per-layer loads."""
         return [r.update_bias() for r in self.routers()]
 
-    def use_static_experts(self) -> "MobileMoE":
-        """Swap every MoE layer to the fixed-shape (exportable) path, same weights."""
-        for m in self.modules():
-            if isinstance(m, MoEFeedForward):
-                m.use_static_experts()
-        return self
-
     def routed_experts(self) -> list[RoutedExperts]:
         return [m for m in self.modules() if isinstance(m, RoutedExperts)]
 

@@ -1,28 +1,20 @@
-"""Fake quantization of the routed experts' stacked weights, as the deployed program sees them.
+"""The routed experts in the deployment format: fake quantization for QAT, and the converted form.
 
-Training runs the experts on the routed path (``RoutedExperts.forward``: token sort, one
-matmul pair per expert over the stacked ``w13 [E, 2H, D]`` and ``w2 [E, D, H]``). The
-exported program runs the fixed-shape path (``StaticExperts``): two ``nn.Linear``,
-``gate_up [E*2H, D]`` and ``down [D, E*H]``, quantized "8da4w" by torchao. For QAT to
-train what is deployed, the routed path must see exactly the numbers the static path
-computes:
+The exported program runs the routed experts with mobilemoe's top-k kernel
+(``mmoe::moe_ffn_8da4w``, package ``mobilemoe_kernels``, docs/kernels.md). Its numbers:
 
-* weights: INT4 symmetric groups of ``group_size`` along each static linear's input
-  dim: ``gate_up`` groups run along D (the same as ``w13``'s last dim); ``down``'s groups
-  run along its E*H input, so ``w2`` is laid out as ``[D, E*H]`` before grouping (when
-  H % group_size == 0 every group lies inside one expert, otherwise groups span two
-  experts, and this layout still matches the deployed one);
-* activations: INT8 asymmetric per token. ``gate_up`` reads the token's row x_D; every
-  routed copy of that row gets the same quantization. ``down`` reads the token's whole
-  ``E*H`` hidden row, zeros for the unselected experts. Asymmetric qparams always
-  include 0 in the range (torchao and XNNPACK alike), so the range of that row is the
-  range of the token's K selected expert rows plus 0: quantizing the K rows laid side by
-  side, ``[T, K*H]``, gives the same scale and zero point.
+* weights: symmetric INT4 in [-8, 7], one float16 scale per group of 32 along each
+  expert matrix's input dim (``w13 [E, 2H, D]``: groups along D; ``w2 [E, D, H]``: along H);
+* activations: INT8 asymmetric, dynamic, one scale and zero point per row: the token's
+  row x_D at the gate/up projection, and each (token, chosen expert) hidden row h_H at the
+  down projection; the gate multiplies the expert's output afterwards.
 
-Both use torchao's own ``IntxFakeQuantizer`` (the module ``FakeQuantizedLinear`` uses),
-so scale, zero point, rounding and straight-through gradients are torchao's.
-``RoutedExperts`` calls these through its ``weight_fake_quant`` / ``act_fake_quant``
-hooks; :func:`mobilemoe.quant.prepare_qat` installs them.
+``ExpertFakeQuant`` is that arithmetic in float with straight-through gradients, installed
+on ``RoutedExperts.fake_quant`` by :func:`mobilemoe.quant.prepare_qat`, so training sees what
+ships; ``QuantizedExperts`` holds the packed weights :func:`mobilemoe.quant.convert_qat`
+makes and calls the kernel's torch op (in eager runs its CPU implementation, the pure-torch
+reference). Training-time fake quantization and the converted model are the same
+computation up to float summation order (tests/quant/test_quant_qat.py holds this).
 """
 
 from __future__ import annotations
@@ -30,81 +22,66 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def _int4_weight_config(group_size: int):
-    from torchao.quantization.granularity import PerGroup
-    from torchao.quantization.qat import IntxFakeQuantizeConfig
-
-    # Symmetric INT4 in [-8, 7], one scale per group (PAPER.md, "QAT format").
-    return IntxFakeQuantizeConfig(torch.int4, granularity=PerGroup(group_size), is_symmetric=True)
+KERNEL_GROUP = 32  # the kernel's INT4 group (mobilemoe_kernels.pack.GROUP; docs/paper.md: g32)
 
 
-def _int8_token_config():
-    from torchao.quantization.qat import IntxFakeQuantizeConfig
+class ExpertFakeQuant(nn.Module):
+    """``.weight(w)``: INT4 g32 quant-dequant of a stacked expert weight [E, N, Kin];
+    ``.act(x)``: INT8 per-row quant-dequant of expert input rows. Both straight-through."""
 
-    # What torchao infers from Int8DynamicActivationIntxWeightConfig for activations.
-    return IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False)
+    def weight(self, w: torch.Tensor) -> torch.Tensor:
+        from mobilemoe_kernels.reference import fake_quant_weight_int4_g32
 
+        return fake_quant_weight_int4_g32(w)
 
-class ExpertWeightFakeQuantizer(nn.Module):
-    """``fq(w13)`` / ``fq(w2)``: the stacked weight, fake-quantized in the static layout.
+    def act(self, x: torch.Tensor) -> torch.Tensor:
+        from mobilemoe_kernels.reference import fake_quant_act_int8_per_row
 
-    Which of the two a tensor is follows from its shape: ``w13`` is [E, 2H, D] and ``w2``
-    is [E, D, H] (equal shapes would need H = 0).
-    """
-
-    def __init__(self, n_experts: int, hidden: int, d_model: int, group_size: int):
-        super().__init__()
-        from torchao.quantization.qat import IntxFakeQuantizer
-
-        self.n_experts, self.hidden, self.d_model = n_experts, hidden, d_model
-        self.group_size = group_size
-        # Two quantizers: torchao keeps the last scale on the module (handy to inspect).
-        self.gate_up = IntxFakeQuantizer(_int4_weight_config(group_size))
-        self.down = IntxFakeQuantizer(_int4_weight_config(group_size))
-
-    def forward(self, w: torch.Tensor) -> torch.Tensor:
-        E, H, D = self.n_experts, self.hidden, self.d_model
-        if tuple(w.shape) == (E, 2 * H, D):  # gate_up rows: expert-major, groups along D
-            return self.gate_up(w.reshape(E * 2 * H, D)).view(E, 2 * H, D)
-        if tuple(w.shape) == (E, D, H):  # down: [D, E*H], groups along E*H
-            w_DEH = w.permute(1, 0, 2).reshape(D, E * H)
-            return self.down(w_DEH).view(D, E, H).permute(1, 0, 2)
-        raise ValueError(f"expert weight of shape {tuple(w.shape)} is neither w13 {(E, 2 * H, D)} "
-                         f"nor w2 {(E, D, H)}")
+        return fake_quant_act_int8_per_row(x)
 
     def extra_repr(self) -> str:
-        return f"experts={self.n_experts}, hidden={self.hidden}, int4 group={self.group_size}"
+        return f"weights int4 group {KERNEL_GROUP} fp16 scales, activations int8 per row"
 
 
-class ExpertActivationFakeQuantizer(nn.Module):
-    """INT8 dynamic per-token activations of the expert linears, as the static path has them.
+def kernel_shape_problem(d_model: int, hidden: int) -> str | None:
+    """Why the INT4 kernel cannot hold experts of these widths, or None."""
+    if d_model % KERNEL_GROUP or hidden % KERNEL_GROUP:
+        return (f"d_model {d_model} and expert hidden {hidden} must be multiples of "
+                f"{KERNEL_GROUP} (the MoE kernel's INT4 group)")
+    return None
 
-    ``fq(x_SD)``: rows are routed copies of token rows, quantized row by row (= per token).
-    ``fq.per_token_group(h_SH, token_S, T)``: the gated hidden rows, quantized with one
-    scale per *token* over all its K expert rows (the static ``down`` input row).
+
+class QuantizedExperts(nn.Module):
+    """The routed experts as the kernel's packed INT4 buffers (``mobilemoe_kernels.pack``).
+
+    ``forward(x_TD, routing)`` = ``torch.ops.mmoe.moe_ffn_8da4w``: the converted eager
+    model and the exported program run the same operator on the same buffers.
     """
 
-    def __init__(self):
+    BUFFERS = ("w13_packed", "w13_scales", "w13_corr", "w2_packed", "w2_scales", "w2_corr")
+
+    def __init__(self, w13: torch.Tensor, w2: torch.Tensor):
         super().__init__()
-        from torchao.quantization.qat import IntxFakeQuantizer
+        import mobilemoe_kernels.ops  # noqa: F401  (registers the torch ops)
+        from mobilemoe_kernels.pack import pack_experts, quantize_int4_g32
 
-        self.gate_up = IntxFakeQuantizer(_int8_token_config())
-        self.down = IntxFakeQuantizer(_int8_token_config())
+        E, H2, D = w13.shape
+        self.n_experts, self.hidden, self.d_model = E, H2 // 2, D
+        q13, s13 = quantize_int4_g32(w13.detach().float().cpu())
+        q2, s2 = quantize_int4_g32(w2.detach().float().cpu())
+        for name, t in pack_experts(q13, s13, q2, s2).items():
+            self.register_buffer(name, t.to(w13.device))
 
-    def forward(self, x_SD: torch.Tensor) -> torch.Tensor:
-        return self.gate_up(x_SD)
+    def packed(self) -> tuple[torch.Tensor, ...]:
+        return tuple(getattr(self, n) for n in self.BUFFERS)
 
-    def per_token_group(self, h_SH: torch.Tensor, token_S: torch.Tensor, T: int) -> torch.Tensor:
-        S, H = h_SH.shape
-        if S == 0:
-            return h_SH
-        if S % T:
-            raise ValueError(f"{S} routed rows do not split evenly over {T} tokens")
-        K = S // T
-        # Group each token's K rows side by side: [T, K*H] has the range of the static
-        # row [T, E*H] (zeros of unselected experts add nothing: 0 is always in range).
-        by_token_S = torch.argsort(token_S, stable=True)
-        h_TKH = h_SH.index_select(0, by_token_S).reshape(T, K * H)
-        fq_SH = self.down(h_TKH).reshape(S, H)
-        return torch.empty_like(fq_SH).index_copy(0, by_token_S, fq_SH)
+    def forward(self, x_TD: torch.Tensor, routing) -> torch.Tensor:
+        y = torch.ops.mmoe.moe_ffn_8da4w(x_TD.float(), routing.topk_idx_TK,
+                                         routing.topk_weight_TK.float(), *self.packed())
+        return y.to(x_TD.dtype)
+
+    def weight_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.packed())
+
+    def extra_repr(self) -> str:
+        return f"experts={self.n_experts}, d_model={self.d_model}, hidden={self.hidden}, int4 g32"

@@ -36,7 +36,7 @@ def load_for_inference(checkpoint_dir: str | os.PathLike, quantized: bool = True
                        device: str = "cpu"):
     """``(model, config_dict)`` in eval mode.
 
-    QAT checkpoint and ``quantized``: the converted model (static experts, INT4/INT8).
+    QAT checkpoint and ``quantized``: the converted model (packed INT4 experts, INT8 activations).
     Otherwise the float model as trained (routed experts; fp32).
     """
     model, config = load_checkpoint(checkpoint_dir, device=device)

@@ -2,7 +2,7 @@
 
     model = prepare_qat(model, params.qat)     # fake quantization; train as usual
     ...                                        # float weights move, forward sees INT4/INT8
-    model = convert_qat(model, params.qat)     # static experts + torchao-quantized linears
+    model = convert_qat(model, params.qat)     # packed INT4 experts + torchao-quantized linears
 
 The format (PAPER.md, "QAT format"): symmetric INT4 weights in [-8, 7] with one scale per
 group of 32 along the input dim, INT8 dynamic per-token asymmetric activations (the
@@ -13,8 +13,9 @@ norms and ``expert_bias`` stay float (the router is an ``F.linear`` on a paramet
 * ``nn.Linear`` / ``nn.Embedding``: torchao's QAT API, ``QATConfig(base, step="prepare")``
   then ``QATConfig(base, step="convert")``, where ``base`` is the post-training config the
   exporter lowers (``Int8DynamicActivationIntxWeightConfig`` / ``IntxWeightOnlyConfig``).
-* routed experts (stacked 3-D parameters on the training path): torchao's fake quantizers
-  in the layout of the exported static path (:mod:`mobilemoe.quant.experts`).
+* routed experts (stacked 3-D parameters): the top-k kernel's format, INT4 g32 per expert
+  matrix and INT8 per-row activations (:mod:`mobilemoe.quant.experts`); convert packs them
+  for the kernel (``QuantizedExperts``).
 * tied embeddings: prepare keeps ``output.weight is tok_embeddings.weight`` (one float
   tensor trained). The embedding's groups (along d_model, weight-only) and the LM head's
   groups (along its d_model input) are the same 32 numbers with the same symmetric
@@ -35,7 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .experts import ExpertActivationFakeQuantizer, ExpertWeightFakeQuantizer
+from .experts import KERNEL_GROUP, ExpertFakeQuant, QuantizedExperts, kernel_shape_problem
 
 SCHEMES = ("8da4w",)
 
@@ -121,16 +122,20 @@ def check_group_size(model: nn.Module, spec: QATSpec) -> None:
             raise QuantizationError(f"{name}: embedding width {m.embedding_dim} is not a multiple "
                                     f"of qat.group_size={g}")
         if isinstance(m, RoutedExperts):
-            E, H2, D = m.w13.shape
-            if D % g or (E * H2 // 2) % g:
-                raise QuantizationError(f"{name}: expert widths (d_model {D}, experts x hidden "
-                                        f"{E * H2 // 2}) are not multiples of qat.group_size={g}")
+            _, H2, D = m.w13.shape
+            if g != KERNEL_GROUP:
+                raise QuantizationError(f"{name}: qat.group_size={g}, but the MoE kernel's INT4 "
+                                        f"experts use groups of {KERNEL_GROUP}; set qat.group_size: "
+                                        f"{KERNEL_GROUP}")
+            if (problem := kernel_shape_problem(D, H2 // 2)) is not None:
+                raise QuantizationError(f"{name}: {problem}; choose model.d_model and "
+                                        "model.moe.expert_hidden accordingly")
 
 
 def is_qat_prepared(model: nn.Module) -> bool:
     from torchao.quantization.qat import FakeQuantizedEmbedding, FakeQuantizedLinear
 
-    return any(isinstance(m, (FakeQuantizedLinear, FakeQuantizedEmbedding, ExpertWeightFakeQuantizer))
+    return any(isinstance(m, (FakeQuantizedLinear, FakeQuantizedEmbedding, ExpertFakeQuant))
                for m in model.modules())
 
 
@@ -154,34 +159,31 @@ def prepare_qat(model: nn.Module, qat_cfg: Any) -> nn.Module:
         quantize_(model, QATConfig(embedding_config(spec), step="prepare"), filter_fn=_is_embedding)
     for experts in model.modules():
         if isinstance(experts, RoutedExperts):
-            E, H2, D = experts.w13.shape
-            experts.weight_fake_quant = ExpertWeightFakeQuantizer(E, H2 // 2, D, spec.group_size)
-            experts.act_fake_quant = ExpertActivationFakeQuantizer()
+            experts.fake_quant = ExpertFakeQuant()
     if tied and model.output.weight is not model.tok_embeddings.weight:  # torchao keeps it; check
         raise RuntimeError("fake quantization untied the embedding from the LM head")
     return model
 
 
 def convert_qat(model: nn.Module, qat_cfg: Any) -> nn.Module:
-    """The converted eager model: static experts, torchao-quantized linears and embedding.
+    """The converted eager model: packed INT4 experts, torchao-quantized linears and embedding.
 
     Works on a prepared model or a plain float one loaded from a QAT checkpoint (it is
     prepared first, which is deterministic). In place; returns the model in eval mode.
-    It lowers to the same XNNPACK program as post-training quantization of these weights.
+    The linears lower to the same XNNPACK program as post-training quantization of these
+    weights; the routed experts become ``QuantizedExperts`` (the kernel's packed buffers).
     """
     from torchao.quantization import quantize_
     from torchao.quantization.qat import FakeQuantizedEmbedding, FakeQuantizedLinear, QATConfig
 
-    from ..model.moe import StaticExperts
+    from ..model.moe import MoEFeedForward, RoutedExperts
 
     spec = qat_spec(qat_cfg)
     prepare_qat(model, spec)
     model.eval()
-    # Routed experts -> two nn.Linear each (the exported layout); their fake quantizers go.
-    if hasattr(model, "use_static_experts"):
-        model.use_static_experts()
-    static = {id(m.gate_up) for m in model.modules() if isinstance(m, StaticExperts)}
-    static |= {id(m.down) for m in model.modules() if isinstance(m, StaticExperts)}
+    for m in model.modules():
+        if isinstance(m, MoEFeedForward) and isinstance(m.experts, RoutedExperts):
+            m.experts = QuantizedExperts(m.experts.w13, m.experts.w2)
     lin, emb = linear_config(spec), embedding_config(spec)
     # Fake-quantized modules: torchao's convert (swap back, then apply the base config).
     quantize_(model, QATConfig(lin, step="convert"),
@@ -189,9 +191,6 @@ def convert_qat(model: nn.Module, qat_cfg: Any) -> nn.Module:
     if spec.quantize_embedding:
         quantize_(model, QATConfig(emb, step="convert"),
                   filter_fn=lambda m, fqn: isinstance(m, FakeQuantizedEmbedding))
-    # The static experts' linears were never FakeQuantizedLinear (the routed path was
-    # trained through ExpertWeightFakeQuantizer): the same base config quantizes them.
-    quantize_(model, lin, filter_fn=lambda m, fqn: id(m) in static)
     return model
 
 

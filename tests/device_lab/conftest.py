@@ -31,27 +31,23 @@ def _export_program(out: Path, xnnpack: bool = False) -> Path:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
-    from torch.export import Dim, export
 
     from mobilemoe.config import load_preset
     from mobilemoe.model import build_model
     from mobilemoe.tokens import BOS_ID, END_OF_TURN_ID, EOS_ID
 
+    from mobilemoe.export.program import export_program
+
     torch.manual_seed(0)
     cfg = load_preset("smoke").model
-    model = build_model(cfg).eval().use_static_experts()
-    model.setup_cache(1, cfg.max_seq_len)
-    seq = Dim("seq", min=1, max=cfg.max_seq_len - 1)
-    example = (torch.zeros(1, 4, dtype=torch.long), torch.arange(4))
-    with torch.no_grad():
-        program = export(model, example, dynamic_shapes=({1: seq}, {0: seq}), strict=False)
+    model = build_model(cfg).eval()
+    # The exporter's own export form (the routed experts as mobilemoe's top-k kernel op):
+    # the device lab's child must load the kernel library to run it.
+    program = export_program(model, cfg.max_seq_len)
     metadata = {"get_max_seq_len": cfg.max_seq_len, "get_max_context_len": cfg.max_seq_len,
                 "get_vocab_size": cfg.vocab_size, "get_n_layers": cfg.n_layers,
                 "get_bos_id": BOS_ID, "get_eos_ids": [EOS_ID, END_OF_TURN_ID],
                 "use_kv_cache": True, "use_sdpa_with_kv_cache": False, "enable_dynamic_shape": True}
-    # _check_ir_validity=False: ExecuTorch 1.5.1's edge verifier calls len() on the first
-    # tensor of a split whose dim 0 is the dynamic token count (the MoE's chunk) and so
-    # specialises the sequence length to the example's (a bug in arg_validator.py).
     edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()] if xnnpack else [],
                                        constant_methods=metadata,
                                        compile_config=EdgeCompileConfig(_check_ir_validity=False))

@@ -51,3 +51,27 @@ def test_input_dependent_benchmark_loops_are_bounded(tmp_path, llm_pte, tokenize
     result = _one_job(tmp_path / "b", llm_pte, tokenizer_file, dict(bench, prompt_lengths=[1 << 20]))
     assert result["status"] == "error" and "context" in result["reason"], result
     assert str((1 << 20) + 2) in result["reason"]
+
+
+def test_program_with_the_moe_kernel_but_no_kernel_library(tmp_path, llm_pte, tokenizer_file):
+    """A program calling mmoe:: operators, run where the kernel library cannot be loaded:
+    status error naming the operator and how to get the library (ExecuTorch alone would
+    fail the first forward with a bare "OperatorMissing")."""
+    import os
+
+    from mobilemoe_kernels import operators_in
+
+    assert operators_in(llm_pte) == ["mmoe::moe_ffn_f32"]
+    bench = {"prompt_lengths": [8], "decode_tokens": 2, "repeats": 1, "warmup": 0, "threads": 1}
+    missing = tmp_path / "nowhere" / "libmobilemoe_kernels.so"
+    os.environ["MOBILEMOE_KERNELS_LIBRARY"] = str(missing)
+    try:
+        result = _one_job(tmp_path / "a", llm_pte, tokenizer_file, bench)
+    finally:
+        del os.environ["MOBILEMOE_KERNELS_LIBRARY"]
+    assert result["status"] == "error", result
+    reason = result["reason"]
+    assert "mmoe::moe_ffn_f32" in reason and str(missing) in reason and "make setup" in reason, reason
+    # With the library it runs.
+    result = _one_job(tmp_path / "b", llm_pte, tokenizer_file, bench)
+    assert result["status"] == "ok", result

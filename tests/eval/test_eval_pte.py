@@ -79,7 +79,7 @@ def test_pte_with_a_foreign_tokenizer_is_refused(smoke_pte, tmp_path):
 def test_qat_checkpoint_is_evaluated_as_its_converted_model(smoke_checkpoint, tmp_path, smoke_lm):
     from mobilemoe.checkpoint import load_checkpoint, save_checkpoint
     from mobilemoe.eval.lm_model import MobileMoELM
-    from mobilemoe.model.moe import StaticExperts
+    from mobilemoe.quant.experts import QuantizedExperts
     from mobilemoe.quant import load_for_inference
 
     model, _ = load_checkpoint(smoke_checkpoint)
@@ -88,7 +88,7 @@ def test_qat_checkpoint_is_evaluated_as_its_converted_model(smoke_checkpoint, tm
                                  "qat": {"scheme": "8da4w", "group_size": 32, "quantize_embedding": True}},
                     tokenizer=smoke_checkpoint / "tokenizer.json")
     lm = MobileMoELM(checkpoint=str(qat), batch_size=4, device="cpu")
-    assert any(isinstance(m, StaticExperts) for m in lm.model.modules())  # converted
+    assert any(isinstance(m, QuantizedExperts) for m in lm.model.modules())  # converted
     got = lm.loglikelihood(instances("loglikelihood", PAIRS[:2]))
     float_ll = smoke_lm.loglikelihood(instances("loglikelihood", PAIRS[:2]))
     assert all(abs(a[0] - b[0]) > 1e-4 for a, b in zip(got, float_ll))  # INT4 changed them

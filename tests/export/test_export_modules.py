@@ -34,7 +34,7 @@ def test_export_form_equals_the_eager_model(variant, quantized):
     model = build_model(params.model).eval()
     for r in model.routers():  # a non-zero balancing bias must only change the picks
         r.expert_bias.copy_(torch.linspace(-0.05, 0.05, r.n_experts))
-    model = convert_qat(model, params.qat) if quantized else model.use_static_experts()
+    model = convert_qat(model, params.qat) if quantized else model
     program_model = ExportableMobileMoE(copy.deepcopy(model), 40).eval()
     model.setup_cache(1, 40)
     tokens = torch.randint(0, params.model.vocab_size, (1, 24), generator=torch.Generator().manual_seed(1))
