@@ -183,7 +183,7 @@ def eval_card(card, ref: dict) -> None:
 
 def device_card(card, ref: dict) -> None:
     """Tokens/s by prompt length (plot) and the result document's key numbers."""
-    from .device_profile import plot_tok_per_s
+    from .device_profile import decode_ops, plot_tok_per_s
 
     r = ref.get("result", {})
     markdown(card, "# device profile" + (" (reused from cache)" if ref.get("reused") else ""))
@@ -191,6 +191,10 @@ def device_card(card, ref: dict) -> None:
              + f" on {r.get('device', {}).get('description', '?')}")
     figure(card, plot_tok_per_s(r))
     table(card, sorted(ref.get("summary", {}).items()))
+    ops = decode_ops(r)
+    if ops:
+        markdown(card, "## one decode step, slowest operators (ExecuTorch ETDump)")
+        table(card, [(op, f"{ms:.3f} ms x{calls}") for op, ms, calls in ops], ("operator", "time, calls"))
 
 
 def dense_card(card, ref: dict) -> None:
@@ -207,6 +211,9 @@ def dense_card(card, ref: dict) -> None:
     rows = []
     for key in ("model", "val_loss", "active_params", "total_params", "flops_per_token", "tok_per_s"):
         rows.append((key, f"{_fmt(moe.get(key))} | {_fmt(dense.get(key))}"))
+    prof = (ref.get("profile") or {}).get("summary") or {}
+    if prof.get("device_decode_tok_per_s") is not None:
+        rows.append(("decode tok/s (device lab)", f"see device_profile | {prof['device_decode_tok_per_s']:.1f}"))
     table(card, rows, ("", "MoE | dense"))
     hist = ref.get("history") or {}
     if hist.get("val"):
@@ -245,4 +252,11 @@ def summary_card(card, flow) -> None:
     c = flow.dense.get("comparison", {})
     if c.get("val_loss_delta") is not None:
         rows.append(("dense_baseline", f"MoE - dense val loss = {c['val_loss_delta']:+.4f}"))
+    from .device_profile import COST_RATIO_TARGET, decode_cost_ratio
+
+    ratio = decode_cost_ratio(flow.profile, flow.dense.get("profile") or {})
+    if ratio is not None:
+        verdict = "ok" if ratio <= COST_RATIO_TARGET else "ABOVE TARGET"
+        rows.append(("decode cost", f"MoE / dense-active decode time = {ratio:.2f} "
+                                    f"(target <= {COST_RATIO_TARGET}: {verdict})"))
     table(card, rows, ("stage", "result"))

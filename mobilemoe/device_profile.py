@@ -122,6 +122,40 @@ def profile_metrics(result: dict) -> dict[str, float]:
     return out
 
 
+def bytes_metrics(params, result: dict) -> dict[str, float]:
+    """What a decoded token reads (``mobilemoe.model.accounting.decode_bytes``) and the
+    decode bandwidth that implies at the measured speed (weights + KV cache read per
+    token x tokens/s). The program's attention reads every one of its cache slots."""
+    from .model.accounting import decode_bytes
+
+    context = params.export.max_seq_len or params.model.max_seq_len
+    db = decode_bytes(params.model, context)
+    out = {"device_active_weight_bytes_per_token": float(db.active_weight_bytes),
+           "device_total_weight_bytes": float(db.total_weight_bytes),
+           "device_kv_bytes_per_token": float(db.kv_bytes),
+           "device_active_weight_fraction": db.active_weight_bytes / db.total_weight_bytes}
+    decode = result.get("decode_tok_per_s") if result.get("status") == "ok" else None
+    if decode:
+        out["device_decode_bandwidth_gb_s"] = (db.active_weight_bytes + db.kv_bytes) * decode / 1e9
+    return out
+
+
+def decode_ops(result: dict, top: int = 12) -> list[tuple[str, float, int]]:
+    """The slowest operators of one decode step (ETDump), (op, ms, calls)."""
+    prof = ((result.get("raw") or {}).get("decode_op_profile") or {})
+    return [(o["op"], o["ms"], o["calls"]) for o in prof.get("ops", [])[:top]]
+
+
+def decode_cost_ratio(moe_profile: dict, dense_profile: dict) -> Optional[float]:
+    """MoE decode time per token / the dense-active model's (None without both)."""
+    moe = (moe_profile.get("summary") or {}).get("device_decode_tok_per_s")
+    dense = (dense_profile.get("summary") or {}).get("device_decode_tok_per_s")
+    return dense / moe if moe and dense else None
+
+
+COST_RATIO_TARGET = 1.3  # our choice: MoE decode time <= 1.3 x the dense-active model's
+
+
 def plot_tok_per_s(result: dict):
     """Tokens/s by prompt length (prefill and decode), one matplotlib figure."""
     import matplotlib

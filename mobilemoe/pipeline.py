@@ -434,7 +434,7 @@ def _log_model_metrics(tracker: L.Tracker, run_id: str, model_id: str, metrics: 
 # --- device profile -------------------------------------------------------------------------------
 def device_profile_stage(ctx: Context, export: dict) -> dict:
     """Send the ``.pte`` to the device lab, wait, record the result on the LoggedModel."""
-    from .device_profile import profile_metrics, run_device_profile
+    from .device_profile import bytes_metrics, profile_metrics, run_device_profile
 
     params = ctx.parsed
     tracker = L.Tracker(params, Path(ctx.root))
@@ -450,7 +450,7 @@ def device_profile_stage(ctx: Context, export: dict) -> dict:
             result = run_device_profile(params, export["pte"], export["tokenizer"], folder / "work",
                                         labels={"pipeline_run_id": ctx.pipeline_run_id,
                                                 "pte_sha256": export["pte_sha256"]})
-        metrics = profile_metrics(result)
+        metrics = {**profile_metrics(result), **bytes_metrics(params, result)}
         tracker.log_metrics(run_id, metrics)
         if export.get("model_id"):
             _log_model_metrics(tracker, run_id, export["model_id"], metrics)
@@ -499,7 +499,49 @@ def dense_baseline_stage(ctx: Context, pretrain: dict) -> dict:
         "val_loss_delta": None if moe_val is None or dense_val is None else moe_val - dense_val,
     }
     tracker.log_dict(ref["run_id"], ref["comparison"], "dense_comparison.json")
+    ref["profile"] = _dense_profile(ctx, tracker, dense_params, ref)
     return ref
+
+
+def _dense_profile(ctx: Context, tracker: L.Tracker, dense_params: Params, dense: dict) -> dict:
+    """Export the dense-active model as the MoE is exported (same format: post-training
+    quantized when the MoE is INT4) and profile it with the same device-lab benchmark, so
+    each run checks that the MoE's decode cost follows its active parameters."""
+    from .device_profile import bytes_metrics, profile_metrics, run_device_profile
+    from .export import PTE, TOKENIZER, export_pte
+
+    params = ctx.parsed
+    lab = {k: v for k, v in to_dict(params.device_lab).items() if k not in ("poll_s", "timeout_s")}
+    section = {"export": to_dict(params.export), "qat": to_dict(params.qat), "device_lab": lab}
+    key = _key("dense_profile", section, {"checkpoint": dense["checkpoint_sha256"]}, ctx)
+    folder = _stage_folder(ctx, "dense_profile", key)
+
+    def produce(run_id: str) -> dict:
+        out = folder / "export"
+        shutil.rmtree(out, ignore_errors=True)
+        with cpu_slot(ctx):
+            report = export_pte(dense["checkpoint"], out, quantize=params.export.quantize,
+                                max_seq_len=params.export.max_seq_len, parity=False,
+                                ptq=params.qat)
+        with cpu_slot(ctx, local=params.device_lab.queue is None):
+            result = run_device_profile(params, out / PTE, out / TOKENIZER, folder / "work",
+                                        labels={"pipeline_run_id": ctx.pipeline_run_id,
+                                                "pte_sha256": report["program_sha256"],
+                                                "model": "dense_baseline"})
+        metrics = {**profile_metrics(result), **bytes_metrics(dense_params, result)}
+        tracker.log_metrics(run_id, metrics)
+        tracker.log_dict(run_id, result, "device_profile_result.json")
+        tracker.set_tags(run_id, {L.PTE_SHA256: report["program_sha256"],
+                                  L.DEVICE_STATUS: result.get("status")})
+        return {"result": result, "summary": metrics, "pte_sha256": report["program_sha256"],
+                "checkpoint_sha256": dense["checkpoint_sha256"]}
+
+    def ok(ref: dict) -> bool:
+        return ref.get("result", {}).get("status") == "ok"
+
+    return _run_cached(ctx, tracker, "dense_profile", key, folder,
+                       _stage_tags(ctx, "dense_profile", key, dense),
+                       flat_params(params, "device_lab"), produce, check=ok, keep=ok)
 
 
 # --- running heavy steps one (or N) at a time -----------------------------------------------------

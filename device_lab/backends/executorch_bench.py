@@ -157,6 +157,52 @@ def _load_moe_kernels(program: str) -> None:
         raise BackendError(f"job.artifact ({Path(program).name}): {e}") from None
 
 
+def decode_op_profile(program: str, prompt_ids: list[int], etdump_path: Path) -> dict:
+    """Per-operator times of one decode step (ExecuTorch ETDump), after a prefill of
+    ``prompt_ids``: {"ops": [{"op", "ms", "calls"}, ...] (slowest first), "total_ms"}.
+
+    Runs the program's ``forward`` through the pybindings with ETDump on (the runner has no
+    ETDump hook): execution 1 is the prefill, execution 2 the decode step. XNNPACK reports
+    its own operators inside the delegate call ("Fully Connected (NC, QDU8, F32, QB4W)"
+    and so on); portable and custom kernels are "native_call_<op>". Times in ms as the
+    runtime records them (XNNPACK's are whole microseconds).
+    """
+    import re
+
+    import torch
+
+    try:
+        from executorch.extension.pybindings import _C as rt
+    except ImportError:
+        from executorch.extension.pybindings import portable_lib as rt
+    from executorch.devtools import Inspector
+
+    module = rt._load_for_executorch(program, enable_etdump=True)
+    n = len(prompt_ids)
+    module.forward((torch.tensor([prompt_ids]), torch.arange(n)))
+    module.forward((torch.tensor([[prompt_ids[-1]]]), torch.tensor([n])))
+    module.write_etdump_result_to_file(str(etdump_path))
+    inspector = Inspector(etdump_path=str(etdump_path))
+    per_op: dict[str, list[float]] = {}
+    total = 0.0
+    for block in inspector.event_blocks:
+        if block.name != "Execute":
+            continue
+        for event in block.events:
+            raw = event.perf_data.raw if event.perf_data is not None else None
+            if not raw or len(raw) < 2 or event.name in ("OPERATOR_CALL",):
+                continue
+            name = re.sub(r" #\d+$", "", event.name)
+            if name == "DELEGATE_CALL" or name.startswith("Method::"):
+                continue
+            per_op.setdefault(name, []).append(float(raw[-1]))
+            total += float(raw[-1])
+    ops = sorted(({"op": k, "ms": sum(v), "calls": len(v)} for k, v in per_op.items()),
+                 key=lambda r: -r["ms"])
+    return {"ops": ops, "total_ms": total, "prompt_tokens": n,
+            "how": "ETDump of one decode step after a prefill, pybindings forward"}
+
+
 def _check_context(spec: dict) -> None:
     """Refuse prompt lengths the program cannot hold before any prompt is built (building a
     2^20-token prompt is itself minutes of work): prompt + decode tokens must fit the
@@ -247,6 +293,13 @@ def bench(spec: dict) -> dict:
         rates = [r["decode_tok_per_s"] for r in mine if r["decode_tok_per_s"]]
         if rates:
             decode_by[str(n)] = statistics.median(rates)
+    peak = peak_rss_bytes()  # of the measured runs (the op profile below loads a second copy)
+    op_profile = None
+    try:  # one decode step's per-operator times; a profile without it is still a profile
+        ids = tok.encode(prompts[min(prompts)], add_special_tokens=False).ids
+        op_profile = decode_op_profile(spec["program"], ids, Path.cwd() / "decode.etdump")
+    except Exception as e:  # noqa: BLE001  (ETDump/Inspector failures must not fail the job)
+        op_profile = {"error": f"{type(e).__name__}: {e}"[:500]}
     all_rates = [r["decode_tok_per_s"] for r in runs if r["decode_tok_per_s"]]
     if not all_rates:
         raise BackendError("every run stopped at an end-of-sequence token before a second "
@@ -254,9 +307,10 @@ def bench(spec: dict) -> dict:
     return {
         "load_s": load_s, "prefill_tok_per_s": prefill, "decode_tok_per_s_by_prompt": decode_by,
         "decode_tok_per_s": statistics.median(all_rates),
-        "peak_rss_bytes": peak_rss_bytes(), "baseline_rss_bytes": baseline,
+        "peak_rss_bytes": peak, "baseline_rss_bytes": baseline,
         "raw": {"runs": runs, "pid": os.getpid(), "construct_s": construct_s,
                 "threads": pybind._threadpool_get_thread_count(),
+                "decode_op_profile": op_profile,
                 "timing": "perf_counter around ExecuTorch TextLLMRunner token callbacks"},
     }
 

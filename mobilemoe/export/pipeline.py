@@ -44,17 +44,19 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def export_pte(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike,
                quantize: str = "8da4w", max_seq_len: Optional[int] = None,
-               parity: bool = True, threads: Optional[int] = None) -> dict:
+               parity: bool = True, threads: Optional[int] = None, ptq=None) -> dict:
     """Export a checkpoint; returns the report (also written to ``export_report.json``).
 
     ``quantize``: "8da4w" (needs a QAT checkpoint) or "none" (fp32). ``max_seq_len``: KV-cache
     slots of the program (default: the model's ``max_seq_len``). ``parity``: run the written
     program against the eager model and record the numbers (seconds for small models).
     ``threads``: ExecuTorch's thread pool size for that check (default: left as it is).
+    ``ptq``: a QAT spec to quantize a float checkpoint after training (speed baselines;
+    see :func:`mobilemoe.export.program.load_source`).
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
-    src = load_source(checkpoint_dir, quantize)
+    src = load_source(checkpoint_dir, quantize, ptq=ptq)
     cfg = src.model.cfg
     context = max_seq_len or cfg.max_seq_len
     if not 2 <= context <= cfg.max_seq_len:
@@ -86,6 +88,7 @@ def export_pte(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike,
         "program": PTE, "program_bytes": len(pte_bytes), "program_sha256": sha256_file(out / PTE),
         "tokenizer": TOKENIZER, "tokenizer_sha256": sha256_file(out / TOKENIZER),
         "quantization": {"scheme": src.quantize, "group_size": src.group_size,
+                         "post_training": bool(src.config.get("ptq")),
                          "quantize_embedding": bool(src.qat and src.qat.quantize_embedding),
                          # XNNPACK keeps INT4 group scales in bf16 (the paper says fp16);
                          # the MoE kernel's experts keep fp16 scales

@@ -93,9 +93,14 @@ def check_tokenizer(path: Path, vocab_size: int) -> None:
                           "checkpoint with the tokenizer it was trained with")
 
 
-def load_source(checkpoint_dir: str | Path, quantize: str = "8da4w") -> SourceModel:
-    """Load a checkpoint as the eager model to export (converted for 8da4w)."""
-    from ..quant import checkpoint_qat_spec, convert_qat
+def load_source(checkpoint_dir: str | Path, quantize: str = "8da4w", ptq: Any = None) -> SourceModel:
+    """Load a checkpoint as the eager model to export (converted for 8da4w).
+
+    ``ptq``: a QAT spec (``params.qat``) to quantize a float checkpoint after training in
+    the same format (post-training quantization, for programs measured for speed only,
+    such as the dense baseline); without it 8da4w needs a QAT checkpoint.
+    """
+    from ..quant import checkpoint_qat_spec, convert_qat, qat_spec
 
     if quantize not in QUANTIZE:
         raise ExportError(f"quantize: {quantize!r} is not one of {', '.join(QUANTIZE)}")
@@ -105,6 +110,9 @@ def load_source(checkpoint_dir: str | Path, quantize: str = "8da4w") -> SourceMo
     tokenizer = folder / TOKENIZER
     check_tokenizer(tokenizer, model.cfg.vocab_size)
     spec = checkpoint_qat_spec(config, str(folder))
+    if quantize == "8da4w" and spec is None and ptq is not None:
+        spec = qat_spec(ptq)
+        config = {**config, "ptq": True}
     if quantize == "8da4w":
         if spec is None:
             raise ExportError(
@@ -172,6 +180,10 @@ def check_kernels(program) -> None:
     from executorch.extension.pybindings import portable_lib
 
     _load_quantized_kernels()  # their operators count as available once loaded
+    nodes = list(program.exported_program().graph_module.graph.nodes)
+    if any(str(getattr(n.target, "_schema", "")).startswith("mmoe::") for n in nodes
+           if n.op == "call_function"):
+        load_moe_kernels()
     have = set(portable_lib._get_operator_names())
     for node in program.exported_program().graph_module.graph.nodes:
         schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
@@ -194,6 +206,10 @@ def to_executorch(edge):
         program = edge.to_executorch(ExecutorchBackendConfig(
             # Plan memory for the longest call (T = max_seq_len), not the example's T.
             sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
+            # The KV-cache writes (index_put on the cache buffers) in place: without it
+            # every call copies each layer's whole cache twice (measured: a third of a
+            # MobileMoE-S decode step at 2,048 slots).
+            run_reinplace_pass=True,
             do_quant_fusion_and_const_prop=True))  # INT4 embedding as one kernel (STACK.md)
     except Exception as e:
         raise ExportError(f"ExecuTorch serialisation failed{_op_hint(str(e))}: {_first_line(e)}") from e
@@ -261,7 +277,6 @@ def _load_quantized_kernels() -> None:
         import executorch.kernels.quantized  # noqa: F401
     except ImportError:
         pass
-    load_moe_kernels()
 
 
 def load_moe_kernels() -> None:

@@ -116,3 +116,49 @@ def account(cfg: ModelConfig, context: int | None = None) -> Accounting:
         flops_per_token=int(flops), context=context, int4_weight_bytes=int(int4),
         bf16_weight_bytes=total * BF16_BYTES, kv_cache_bytes_per_token=kv,
     )
+
+
+@dataclass
+class DecodeBytes:
+    """Bytes one decoded token reads from memory, in the deployment format.
+
+    ``active_weight_bytes``: every linear it passes (attention, router in fp32, shared
+    expert, the top-k routed experts, dense FFNs, the LM head, norms) plus one embedding
+    row; ``total_weight_bytes``: all weights (``Accounting.int4_weight_bytes``);
+    ``kv_bytes``: the KV cache the attention reads (``kv_slots`` slots of every layer; the
+    exported program reads every slot of its cache, written or not, in fp32).
+    """
+
+    active_weight_bytes: int
+    total_weight_bytes: int
+    kv_bytes: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def decode_bytes(cfg: ModelConfig, kv_slots: int, kv_dtype_bytes: int = 4) -> DecodeBytes:
+    import torch  # noqa: F401
+    from torch import nn
+
+    from .moe import Router, RoutedExperts
+    from .transformer import RMSNorm, build_model
+
+    model = build_model(cfg, device="meta")
+    read = 0
+    for module in model.modules():
+        if isinstance(module, Router):
+            read += module.weight.numel() * ROUTER_BYTES
+        elif isinstance(module, RMSNorm):
+            read += sum(p.numel() for p in module.parameters(recurse=False)) * NORM_BYTES
+        elif isinstance(module, RoutedExperts):
+            for p in (module.w13, module.w2):
+                _, rows, cols = p.shape
+                read += cfg.moe.top_k * _int4_bytes(rows, cols)
+        elif isinstance(module, nn.Embedding):
+            read += _int4_bytes(1, module.embedding_dim)  # one row
+        elif isinstance(module, nn.Linear):  # the LM head too, tied or not
+            read += _int4_bytes(*module.weight.shape)
+    kv = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.resolved_head_dim * kv_slots * kv_dtype_bytes
+    return DecodeBytes(active_weight_bytes=int(read),
+                       total_weight_bytes=account(cfg).int4_weight_bytes, kv_bytes=int(kv))

@@ -19,11 +19,11 @@ from mobilemoe.quant import load_for_inference
 from mobilemoe.tokens import BOS, chat_prompt
 
 # Portable (non-XNNPACK) operators the program may contain, and why: the embedding lookup,
-# the KV-cache writes (index_put + write-back copy), routing (topk, gather and the
-# renormalising sum/div on [T, K]), the routed experts (mobilemoe's top-k kernel), and the
-# per-call position/mask set-up. Anything else outside XNNPACK is a regression of the
+# the KV-cache writes (index_put_, in place: no write-back copy of the cache), routing
+# (topk, gather and the renormalising sum/div on [T, K]), the routed experts (mobilemoe's
+# top-k kernel), and the per-call position/mask set-up. Anything else outside XNNPACK is a regression of the
 # export form (mobilemoe/export/modules.py).
-ALLOWED_PORTABLE = {"embedding", "embedding_4bit", "index_put", "copy_", "topk", "gather",
+ALLOWED_PORTABLE = {"embedding", "embedding_4bit", "index_put_", "topk", "gather",
                     "sum", "add", "div", "mul", "sigmoid", "moe_ffn_8da4w", "moe_ffn_f32",
                     "full_like", "_to_dim_order_copy", "unsqueeze_copy", "le", "where", "repeat"}
 
@@ -44,7 +44,7 @@ def test_int4_export_writes_program_tokenizer_and_report(int4_export, qat_checkp
     assert (out / "tokenizer.json").read_bytes() == (qat_checkpoint / "tokenizer.json").read_bytes()
     assert json.loads((out / "export_report.json").read_text()) == report
     assert report["quantization"] == {"scheme": "8da4w", "group_size": 32, "quantize_embedding": True,
-                                      "weight_scale_dtype":
+                                      "post_training": False, "weight_scale_dtype":
                                           "bf16 (XNNPACK linears), fp16 (MoE kernel experts)"}
     # Every MoE layer runs its routed experts with the top-k kernel, none with all experts.
     assert report["moe"] == {"moe_layers": ["layer.0"], "kernel_layers": ["layer.0"],

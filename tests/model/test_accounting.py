@@ -101,3 +101,30 @@ def test_arch_cli_errors_are_one_line():
     proc = subprocess.run([sys.executable, "-m", "mobilemoe.cli", "arch", "--preset", "tiny",
                            "model.n_heads=3", "model.head_dim=null"], capture_output=True, text=True)
     assert proc.returncode == 2 and "model.n_heads" in proc.stderr
+
+
+def test_decode_bytes_follow_the_chosen_experts():
+    """Bytes a decoded token reads: the top-k experts' INT4 bytes, not all E; the issue's
+    bytes bound of MobileMoE-S vs MobileLLM-Pro (~3.96 with an INT4 router, 2.75 at 4
+    blocks; ours keeps the router in fp32 as the program stores it)."""
+    from mobilemoe.model.accounting import _int4_bytes, decode_bytes
+
+    cfg = load_preset("tiny").model
+    one_k = decode_bytes(cfg, 128)
+    E, k, H, D = cfg.moe.n_routed_experts, cfg.moe.top_k, cfg.moe.expert_hidden, cfg.d_model
+    per_expert = _int4_bytes(2 * H, D) + _int4_bytes(D, H)
+    more_k = load_preset("tiny", [f"model.moe.top_k={k + 1}"]).model
+    assert decode_bytes(more_k, 128).active_weight_bytes - one_k.active_weight_bytes == \
+        cfg.n_layers * per_expert
+    assert one_k.total_weight_bytes == account(cfg).int4_weight_bytes
+    assert one_k.total_weight_bytes - one_k.active_weight_bytes > cfg.n_layers * (E - k - 1) * per_expert
+    assert one_k.kv_bytes == 2 * cfg.n_layers * cfg.n_kv_heads * cfg.resolved_head_dim * 128 * 4
+
+    def bound(layers):
+        over = [f"model.n_layers={layers}"] if layers else []
+        moe = decode_bytes(load_preset("mobilemoe-s", over).model, 2048)
+        dense = decode_bytes(load_preset("dense-mobilellm-pro", over).model, 2048)
+        return dense.active_weight_bytes / moe.active_weight_bytes
+
+    assert bound(None) == pytest.approx(3.96, rel=0.03)
+    assert bound(4) == pytest.approx(2.75, rel=0.01)

@@ -111,13 +111,22 @@ def test_every_step_ran_with_cards_and_the_pte_exists(first_run, project):
         assert "validation loss fell from" in text, name  # each stage's card says by how much
         assert "data:image/png;base64," in text  # the loss plot
     assert "MoE's validation loss is" in _card_text(first_run["dense_baseline"].task)
-    assert "device_decode_tok_per_s" in _card_text(first_run["device_profile"].task)
+    device_text = _card_text(first_run["device_profile"].task)
+    assert "device_decode_tok_per_s" in device_text and "device_decode_bandwidth_gb_s" in device_text
+    # one decode step's operators (ETDump), the MoE's top-k kernel among them
+    assert "slowest operators" in device_text and "moe_ffn_8da4w" in device_text
+    assert "MoE / dense-active decode time" in _card_text(first_run["join"].task)
     assert "INT4 .pte (ExecuTorch)" in _card_text(first_run["eval"].task)
     for ref in (end.pretrained, end.midtrained, end.sft_model, end.qat_model):
         s = ref["summary"]
         assert s["last_val_loss"] < s["first_val_loss"], ref["stage"]
     assert end.profile["result"]["status"] == "ok"
     assert end.profile["summary"]["device_decode_tok_per_s"] > 0
+    # the dense-active baseline was exported and profiled the same way
+    dense = end.dense["profile"]
+    assert dense["result"]["status"] == "ok" and dense["summary"]["device_decode_tok_per_s"] > 0
+    assert (end.profile["summary"]["device_active_weight_bytes_per_token"]
+            < end.profile["summary"]["device_total_weight_bytes"])
 
 
 def test_mlflow_lineage_links_every_stage_and_the_pte(first_run, project, capsys):
@@ -128,7 +137,8 @@ def test_mlflow_lineage_links_every_stage_and_the_pte(first_run, project, capsys
     root, _ = project
     end = first_run["end"].task.data
     tracker, runs = _children(root, end.ctx.pipeline_run_id)
-    assert set(runs) == set(STAGES)
+    assert set(runs) == set(STAGES) | {"dense_profile"}
+    assert runs["dense_profile"].info.status == "FINISHED"
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                             text=True).stdout.strip()
     for stage in ("pretrain", "midtrain", "sft", "qat", "export"):
@@ -151,7 +161,9 @@ def test_mlflow_lineage_links_every_stage_and_the_pte(first_run, project, capsys
     assert model.source_run_id == runs["export"].info.run_id
     assert model.tags[L.INPUT_RUN_ID] == runs["qat"].info.run_id  # linked to the QAT run
     assert model.params["quantization.group_size"] == "32"
-    assert "device_decode_tok_per_s" in {m.key for m in model.metrics}
+    keys = {m.key for m in model.metrics}
+    assert {"device_decode_tok_per_s", "device_active_weight_bytes_per_token",
+            "device_total_weight_bytes", "device_decode_bandwidth_gb_s"} <= keys
     # and the command walks back from the phone's program to the first stage
     capsys.readouterr()
     assert main(["lineage", "--pte", end.exported["pte"], "--json", "--params", str(root / "params.yaml")]) == 0
@@ -179,7 +191,8 @@ def test_param_edit_redoes_only_the_affected_stage(first_run, project):
     end = run["end"].task.data
     _, runs = _children(root, end.ctx.pipeline_run_id)
     reused = {s for s, r in runs.items() if L.REUSED_FROM_RUN in r.data.tags}
-    assert reused == {"pretrain", "midtrain", "sft", "qat", "export", "device_profile", "dense_baseline"}
+    assert reused == {"pretrain", "midtrain", "sft", "qat", "export", "device_profile", "dense_baseline",
+                      "dense_profile"}
     first = first_run["end"].task.data
     assert end.qat_model["checkpoint_sha256"] == first.qat_model["checkpoint_sha256"]
     assert runs["qat"].data.tags[L.REUSED_FROM_RUN] == first.qat_model["run_id"]
