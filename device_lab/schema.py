@@ -240,6 +240,11 @@ def _const(value) -> Check:
     return check
 
 
+def _bool(v, where):
+    if not isinstance(v, bool):
+        raise ProtocolError(f"{where}: must be true or false, got {v!r}")
+
+
 def _name(v, where):
     check_name(v, where)
 
@@ -350,6 +355,9 @@ BENCHMARK_FIELDS = {
     "repeats": (_int(1, 1000), True),  # measured runs per prompt length
     "warmup": (_int(0, 100), True),  # unrecorded runs per prompt length before measuring
     "threads": (_int(1, 1024), True),  # runtime threadpool size
+    # also time one decode step per operator (ExecuTorch ETDump; costs the backend a
+    # second program load and ~10 s of tooling import): result raw.decode_op_profile
+    "op_profile": (_bool, False),
 }
 JOB_FIELDS = {
     "kind": (_const(JOB_KIND), True),

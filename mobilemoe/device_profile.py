@@ -39,14 +39,16 @@ def _check_fits(params) -> None:
                           f"not fit the program's context ({key}={context}); shorten them")
 
 
-def benchmark_of(params) -> dict[str, Any]:
+def benchmark_of(params, op_profile: bool = True) -> dict[str, Any]:
     cfg = params.device_lab
     return {"prompt_lengths": list(cfg.prompt_lengths), "decode_tokens": cfg.decode_tokens,
-            "repeats": cfg.repeats, "warmup": cfg.warmup, "threads": cfg.threads}
+            "repeats": cfg.repeats, "warmup": cfg.warmup, "threads": cfg.threads,
+            "op_profile": op_profile}  # one decode step's per-operator times (ETDump)
 
 
 def run_device_profile(params, pte_path: str | os.PathLike, tokenizer_path: str | os.PathLike,
-                       workdir: str | os.PathLike, labels: Optional[dict[str, str]] = None) -> dict:
+                       workdir: str | os.PathLike, labels: Optional[dict[str, str]] = None,
+                       op_profile: bool = True) -> dict:
     """Dispatch one profiling job for ``pte_path`` and return its result document."""
     from device_lab.backends import make_backend, registry
     from device_lab.queue import Queue
@@ -83,7 +85,7 @@ def run_device_profile(params, pte_path: str | os.PathLike, tokenizer_path: str 
         else:
             queue_uri = cfg.queue
             queue = Queue(open_transport(cfg.queue, cfg.endpoint_url))
-        job_id = submit_job(queue, pte_path, tokenizer_path, benchmark_of(params),
+        job_id = submit_job(queue, pte_path, tokenizer_path, benchmark_of(params, op_profile),
                             backend=cfg.backend, deadline_s=cfg.timeout_s, labels=labels)
         result = wait_for_result(queue, job_id, cfg.timeout_s, cfg.poll_s,
                                  should_stop=(lambda: not thread.is_alive()) if thread else None)

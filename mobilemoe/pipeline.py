@@ -527,7 +527,8 @@ def _dense_profile(ctx: Context, tracker: L.Tracker, dense_params: Params, dense
             result = run_device_profile(params, out / PTE, out / TOKENIZER, folder / "work",
                                         labels={"pipeline_run_id": ctx.pipeline_run_id,
                                                 "pte_sha256": report["program_sha256"],
-                                                "model": "dense_baseline"})
+                                                "model": "dense_baseline"},
+                                        op_profile=False)
         metrics = {**profile_metrics(result), **bytes_metrics(dense_params, result)}
         tracker.log_metrics(run_id, metrics)
         tracker.log_dict(run_id, result, "device_profile_result.json")

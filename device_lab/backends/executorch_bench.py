@@ -295,11 +295,12 @@ def bench(spec: dict) -> dict:
             decode_by[str(n)] = statistics.median(rates)
     peak = peak_rss_bytes()  # of the measured runs (the op profile below loads a second copy)
     op_profile = None
-    try:  # one decode step's per-operator times; a profile without it is still a profile
-        ids = tok.encode(prompts[min(prompts)], add_special_tokens=False).ids
-        op_profile = decode_op_profile(spec["program"], ids, Path.cwd() / "decode.etdump")
-    except Exception as e:  # noqa: BLE001  (ETDump/Inspector failures must not fail the job)
-        op_profile = {"error": f"{type(e).__name__}: {e}"[:500]}
+    if spec.get("op_profile"):  # one decode step's per-operator times
+        try:
+            ids = tok.encode(prompts[min(prompts)], add_special_tokens=False).ids
+            op_profile = decode_op_profile(spec["program"], ids, Path.cwd() / "decode.etdump")
+        except Exception as e:  # noqa: BLE001  (a profile without it is still a profile)
+            op_profile = {"error": f"{type(e).__name__}: {e}"[:500]}
     all_rates = [r["decode_tok_per_s"] for r in runs if r["decode_tok_per_s"]]
     if not all_rates:
         raise BackendError("every run stopped at an end-of-sequence token before a second "

@@ -72,6 +72,4 @@ def test_program_with_the_moe_kernel_but_no_kernel_library(tmp_path, llm_pte, to
     assert result["status"] == "error", result
     reason = result["reason"]
     assert "mmoe::moe_ffn_f32" in reason and str(missing) in reason and "make setup" in reason, reason
-    # With the library it runs.
-    result = _one_job(tmp_path / "b", llm_pte, tokenizer_file, bench)
-    assert result["status"] == "ok", result
+    # (With the library the same program runs: tests/device_lab/test_device_profile.py.)

@@ -9,8 +9,8 @@ import pytest
 
 from mobilemoe.config import load_preset
 from mobilemoe.config.base import ConfigError
-from mobilemoe.device_profile import (DeviceProfileTimeout, plot_tok_per_s, profile_metrics,
-                                      run_device_profile)
+from mobilemoe.device_profile import (DeviceProfileTimeout, bytes_metrics, decode_ops,
+                                      plot_tok_per_s, profile_metrics, run_device_profile)
 
 
 def test_embedded_lab_profiles_the_program(tmp_path, llm_pte, tokenizer_file):
@@ -31,6 +31,21 @@ def test_embedded_lab_profiles_the_program(tmp_path, llm_pte, tokenizer_file):
                             "device_prefill_tok_per_s_32", "device_load_s", "device_peak_rss_bytes",
                             "device_program_rss_bytes"}
     assert metrics["device_prefill_tok_per_s_8"] == result["prefill_tok_per_s"]["8"]
+
+    # One decode step's per-operator times (ETDump), asked for by the flow's job: the MoE
+    # layers' top-k kernel among them, slowest first.
+    assert result["benchmark"]["op_profile"] is True
+    prof = result["raw"]["decode_op_profile"]
+    assert "error" not in prof, prof
+    assert any("moe_ffn_f32" in op for op, _, _ in decode_ops(result, top=100)), prof
+    assert prof["total_ms"] > 0
+    assert [o["ms"] for o in prof["ops"]] == sorted((o["ms"] for o in prof["ops"]), reverse=True)
+    # What a decoded token reads, and the bandwidth that implies at the measured speed.
+    b = bytes_metrics(params, result)
+    assert b["device_active_weight_bytes_per_token"] < b["device_total_weight_bytes"]
+    assert b["device_decode_bandwidth_gb_s"] == pytest.approx(
+        (b["device_active_weight_bytes_per_token"] + b["device_kv_bytes_per_token"])
+        * result["decode_tok_per_s"] / 1e9)
 
     fig = plot_tok_per_s(result)
     (ax,) = fig.axes

@@ -48,12 +48,7 @@ def _check_ok(job_id, result, work, runner_pid):
     assert result["job_id"] == job_id and result["status"] == "ok" and result["reason"] is None
     assert set(result["prefill_tok_per_s"]) == {"8", "24"}
     assert all(v > 0 for v in result["prefill_tok_per_s"].values())
-    # One decode step's per-operator times (ETDump): the MoE layers' top-k kernel among them.
-    prof = result["raw"]["decode_op_profile"]
-    assert "error" not in prof, prof
-    names = [o["op"] for o in prof["ops"]]
-    assert any("moe_ffn_f32" in n for n in names) and prof["total_ms"] > 0, prof
-    assert [o["ms"] for o in prof["ops"]] == sorted((o["ms"] for o in prof["ops"]), reverse=True)
+    assert result["raw"]["decode_op_profile"] is None  # not asked for
     assert isinstance(result["decode_tok_per_s"], float) and result["decode_tok_per_s"] > 0
     runs = result["raw"]["runs"]
     assert sorted((r["prompt_tokens"], r["repeat"]) for r in runs) == [(8, 0), (8, 1), (24, 0), (24, 1)]
