@@ -43,7 +43,8 @@ from .backends import Backend, BackendError, RunContext, make_backend, registry
 from .queue import Claim, JobEntry, Queue
 from .schema import (install_redaction, redact, ProtocolError, artifact_key_from_uri, format_time, make_result,
                      parse_queue_uri, parse_time, utcnow, validate_job)
-from .transport import NotFound, NotRegular, Retry, TooLarge, TransportError, open_transport
+from .transport import (Interrupted, NotFound, NotRegular, Retry, TooLarge, TransportError,
+                        open_transport)
 
 log = logging.getLogger("device_lab.runner")
 DEFAULT_MAX_ARTIFACT_BYTES = 8 * 2**30
@@ -213,6 +214,12 @@ class Runner:
                 result = make_result(claim.result_name, "error", str(e).split("\n")[0][:2000], job=job,
                                      device=backend.describe(), started_at=started_at,
                                      errors=errors, **common)
+            except Interrupted:  # stopping mid-download: hand the job back at once
+                try:
+                    self.queue.release(claim)
+                except TransportError:
+                    pass  # then the lease simply expires
+                return {}
             except TransportError as e:
                 log.warning("job %s: queue error: %s", claim.handle, e)
                 result = make_result(claim.result_name, "error", f"could not fetch the job's files: {e}",
@@ -281,7 +288,8 @@ class Runner:
                 local = "tokenizer" + suffix
             dest = job_dir / local
             try:
-                sha, size = self.queue.transport.download_file(key, dest, ref["size_bytes"])
+                sha, size = self.queue.transport.download_file(key, dest, ref["size_bytes"],
+                                                               should_stop=self.stop.is_set)
             except TooLarge:
                 raise Rejected(f"job.{what}: the stored file is larger than its declared "
                                f"size_bytes {ref['size_bytes']}") from None

@@ -48,6 +48,10 @@ class NotRegular(TransportError):
     queue is untrusted, so such an entry is rejected, never opened as a file."""
 
 
+class Interrupted(TransportError):
+    """A download was stopped on request (the runner is shutting down)."""
+
+
 class TooLarge(TransportError):
     """A download was bigger than allowed (declared size or the runner's cap)."""
 
@@ -93,7 +97,8 @@ class Transport:
     def list(self, prefix: str) -> list[ObjectInfo]: raise NotImplementedError
     def delete(self, key: str) -> None: raise NotImplementedError
     def upload_file(self, key: str, path: Path) -> None: raise NotImplementedError
-    def _download(self, key: str, dest: Path, max_bytes: int) -> None: raise NotImplementedError
+    def _download(self, key: str, dest: Path, max_bytes: int,
+                  should_stop: Callable[[], bool]) -> None: raise NotImplementedError
 
     def exists(self, key: str) -> bool:
         return any(o.key == key for o in self.list(key))
@@ -101,13 +106,16 @@ class Transport:
     def check(self) -> None:
         """Fail early, with a clear message, when the queue cannot be used at all."""
 
-    def download_file(self, key: str, dest: Path, max_bytes: int) -> tuple[str, int]:
+    def download_file(self, key: str, dest: Path, max_bytes: int,
+                      should_stop: Optional[Callable[[], bool]] = None) -> tuple[str, int]:
         """Copy ``key`` to ``dest`` (atomically, via ``dest.part``); returns (sha256, size).
-        Raises :class:`TooLarge` past ``max_bytes`` and TransportError when missing."""
+        Raises :class:`TooLarge` past ``max_bytes``, TransportError when missing, and
+        :class:`Interrupted` (leaving nothing behind) as soon as ``should_stop()`` is true
+        between chunks of 1 MiB."""
         dest = Path(dest)
         part = dest.with_name(dest.name + ".part")
         try:
-            self._download(_check_key(key), part, max_bytes)
+            self._download(_check_key(key), part, max_bytes, should_stop or (lambda: False))
             size = part.stat().st_size
             if size > max_bytes:
                 raise TooLarge(f"{self.uri.uri_for(key)}: {size} bytes is over the limit of "
@@ -260,7 +268,8 @@ class LocalTransport(Transport):
                 tmp.unlink(missing_ok=True)
         self._wrap("UPLOAD", key, up)
 
-    def _download(self, key: str, dest: Path, max_bytes: int) -> None:
+    def _download(self, key: str, dest: Path, max_bytes: int,
+                  should_stop: Callable[[], bool]) -> None:
         src_path = self._path(key)
 
         def down():
@@ -271,6 +280,8 @@ class LocalTransport(Transport):
             with src, open(dest, "wb") as dst:
                 n = 0
                 while block := src.read(1 << 20):
+                    if should_stop():
+                        raise Interrupted(f"{self.uri.uri_for(key)}: download stopped")
                     n += len(block)
                     if n > max_bytes:
                         raise TooLarge(f"{self.uri.uri_for(key)}: over the limit of {max_bytes} bytes")
@@ -382,7 +393,8 @@ class S3Transport(Transport):
         self._call("UPLOAD", key, lambda: self.client.upload_file(
             str(path), self.bucket, self._k(key)))
 
-    def _download(self, key: str, dest: Path, max_bytes: int) -> None:
+    def _download(self, key: str, dest: Path, max_bytes: int,
+                  should_stop: Callable[[], bool]) -> None:
         def down():
             resp = self.client.get_object(Bucket=self.bucket, Key=self._k(key))
             if resp.get("ContentLength", 0) > max_bytes:
@@ -391,6 +403,9 @@ class S3Transport(Transport):
                                f"the limit of {max_bytes}")
             with open(dest, "wb") as f:
                 for block in resp["Body"].iter_chunks(1 << 20):
+                    if should_stop():  # each read waits at most the client's read timeout
+                        resp["Body"].close()
+                        raise Interrupted(f"{self.uri.uri_for(key)}: download stopped")
                     f.write(block)
             return True
         if self._call("GET", key, down, missing_ok=True) is None:

@@ -3,7 +3,9 @@
     from mobilemoe.device_profile import run_device_profile, profile_metrics, plot_tok_per_s
     result = run_device_profile(params, "out/model.pte", "out/tokenizer.json", workdir)
     metrics = profile_metrics(result)   # flat floats for MLflow (the .pte's LoggedModel)
+    metrics |= bytes_metrics(params, result)   # bytes a decoded token reads, decode GB/s
     fig = plot_tok_per_s(result)        # matplotlib figure for the Metaflow card
+    ops = decode_ops(result)            # one decode step's slowest operators (ETDump)
 
 With ``device_lab.queue`` set, the job goes to that lab's queue (its runners live next to
 the devices). With ``queue: null`` (the embedded default) a local folder queue is made in
@@ -49,7 +51,11 @@ def benchmark_of(params, op_profile: bool = True) -> dict[str, Any]:
 def run_device_profile(params, pte_path: str | os.PathLike, tokenizer_path: str | os.PathLike,
                        workdir: str | os.PathLike, labels: Optional[dict[str, str]] = None,
                        op_profile: bool = True) -> dict:
-    """Dispatch one profiling job for ``pte_path`` and return its result document."""
+    """Dispatch one profiling job for ``pte_path`` and return its result document.
+
+    ``op_profile``: also ask for one decode step's per-operator times (ETDump; the result's
+    ``raw.decode_op_profile``, see :func:`decode_ops`).
+    """
     from device_lab.backends import make_backend, registry
     from device_lab.queue import Queue
     from device_lab.runner import Runner

@@ -158,7 +158,15 @@ def test_results_are_never_lost(tmp_path, fake_pte, small_tokenizer, caplog):
     flaky.failures = None
     second = submit_job(q, fake_pte, small_tokenizer, BENCH, backend="artifact-check")
     claim = q.claim(q.scan()[0], runner.runner_id)
-    runner.stop.set()
+    backend = runner.backends["artifact-check"]
+    measure = backend.run
+
+    def measure_then_stop(ctx):  # the stop comes after the job ran (before, it is handed back)
+        out = measure(ctx)
+        runner.stop.set()
+        return out
+
+    backend.run = measure_then_stop
     runner.handle(claim)
     assert (tmp_path / "work" / "outbox" / f"{second}.json").is_file()
     assert q.read_result(second) is None
@@ -260,3 +268,59 @@ def test_bench_falls_back_to_runtime_stats_when_a_token_is_not_utf8():
     assert FakeRunner.calls == 2
     assert run["decode_tokens"] == 8 and run["decode_tok_per_s"] == pytest.approx(8 / 0.016)
     assert run["prefill_s"] == pytest.approx(0.004)
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_a_download_stops_when_asked_and_leaves_nothing(kind, tmp_path, request):
+    """The runner's stop flag is checked between 1 MiB chunks of every download, so SIGTERM
+    ends a big artifact's download at once (S3: within one read timeout) with no partial
+    file left; the interrupted job is handed back, not failed."""
+    from device_lab.transport import Interrupted, open_transport
+
+    if kind == "s3":
+        bucket = request.getfixturevalue("s3_bucket")
+        transport = open_transport(f"s3://{bucket}/q")
+    else:
+        transport = open_transport(f"file://{tmp_path}/q")
+    src = tmp_path / "big.bin"
+    src.write_bytes(b"\x01" * (5 << 20))
+    transport.upload_file("artifacts/big.bin", src)
+    calls = []
+
+    def stop_after_two_chunks():
+        calls.append(1)
+        return len(calls) > 2
+
+    dest = tmp_path / "out" / "big.bin"
+    dest.parent.mkdir()
+    with pytest.raises(Interrupted, match="download stopped"):
+        transport.download_file("artifacts/big.bin", dest, 10 << 20, should_stop=stop_after_two_chunks)
+    assert len(calls) == 3 and list(dest.parent.iterdir()) == []
+    sha, size = transport.download_file("artifacts/big.bin", dest, 10 << 20, should_stop=lambda: False)
+    assert size == 5 << 20 and dest.read_bytes() == src.read_bytes()
+
+
+def test_runner_stopped_mid_download_hands_the_job_back(tmp_path, small_tokenizer):
+    from device_lab.backends import make_backend
+    from device_lab.runner import Runner
+    from device_lab.submit import submit_job
+
+    q = make_queue(f"file://{tmp_path}/queue")
+    big = tmp_path / "inputs" / "model.pte"
+    big.write_bytes(b"\x1c\x00\x00\x00ET12" + b"\x00" * (8 << 20))
+    job = submit_job(q, big, small_tokenizer, {"prompt_lengths": [4], "decode_tokens": 2,
+                                               "repeats": 1, "warmup": 0, "threads": 1},
+                     backend="artifact-check")
+    runner = Runner(q, [make_backend("artifact-check")], tmp_path / "w", poll_s=0.05)
+    real = q.transport.download_file
+
+    def download_then_sigterm(key, dest, max_bytes, should_stop=None):
+        runner.stop.set()  # SIGTERM arrives as the download starts
+        return real(key, dest, max_bytes, should_stop=should_stop)
+
+    q.transport.download_file = download_then_sigterm
+    runner.serve(once=True)
+    assert q.read_result(job) is None  # not failed: handed back
+    q.transport.download_file = real
+    Runner(q, [make_backend("artifact-check")], tmp_path / "w2", poll_s=0.05).serve(idle_exit_s=0)
+    assert q.read_result(job)["status"] == "ok"

@@ -181,6 +181,7 @@ def test_nothing_secret_is_recorded(first_run, project):
     assert hits == []
 
 
+@pytest.mark.slow  # ~100 s: a second whole flow run (keys: tests/pipeline/test_stage_keys.py)
 def test_param_edit_redoes_only_the_affected_stage(first_run, project):
     from mobilemoe import lineage as L
 
