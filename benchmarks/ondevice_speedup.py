@@ -82,7 +82,7 @@ def export_one(preset: str, layers: int | None, out: Path) -> dict:
     """Build, convert and export one model; runs in its own process (peak RSS is its own)."""
     import torch
 
-    from mobilemoe.export.pipeline import _moe_summary
+    from mobilemoe.export.pipeline import moe_summary
     from mobilemoe.export.program import (export_program, lower, operator_report,
                                           to_executorch)
     from mobilemoe.model import build_model
@@ -108,7 +108,7 @@ def export_one(preset: str, layers: int | None, out: Path) -> dict:
     program = to_executorch(lower(exported, metadata))
     del exported
     ops = operator_report(program)
-    moe = _moe_summary(model, ops)
+    moe = moe_summary(model, ops)
     tmp = out.with_suffix(".tmp")
     tmp.write_bytes(program.buffer)
     os.replace(tmp, out)

@@ -144,9 +144,11 @@ def _load_moe_kernels(program: str) -> None:
     try:
         import mobilemoe_kernels
     except ImportError:
-        with open(program, "rb") as f:
-            data = f.read()
-        if b"mmoe::" in data:
+        import mmap
+
+        with open(program, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            calls = data.find(b"mmoe::") >= 0
+        if calls:
             raise BackendError(f"job.artifact ({Path(program).name}) calls mmoe:: operators "
                                "(mobilemoe's MoE kernel) but the package mobilemoe_kernels is "
                                "not importable here; install the project (make setup)") from None

@@ -74,7 +74,7 @@ def export_pte(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike,
     pte_bytes = program.buffer
     timings["serialize_s"] = time.perf_counter() - t
     ops = operator_report(program)
-    moe = _moe_summary(src.model, ops)
+    moe = moe_summary(src.model, ops)
     export_s = time.perf_counter() - t0
 
     out.mkdir(parents=True, exist_ok=True)
@@ -120,7 +120,7 @@ def export_pte(checkpoint_dir: str | os.PathLike, out_dir: str | os.PathLike,
     return report
 
 
-def _moe_summary(model, ops: dict) -> dict:
+def moe_summary(model, ops: dict) -> dict:
     """MoE layers of the model vs the layers whose program calls the top-k kernel.
 
     ``moe_fallback`` is true if any MoE layer's routed experts run without the kernel

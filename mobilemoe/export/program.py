@@ -185,7 +185,7 @@ def check_kernels(program) -> None:
            if n.op == "call_function"):
         load_moe_kernels()
     have = set(portable_lib._get_operator_names())
-    for node in program.exported_program().graph_module.graph.nodes:
+    for node in nodes:
         schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
         if schema is None or schema.name.startswith(("executorch_prim::", "aten::sym_size")):
             continue
