@@ -85,7 +85,9 @@ def build_programs(tmp: Path) -> dict[str, Path]:
     from torchao.quantization.granularity import PerGroup
 
     dense = DenseSwiGLU(D, K * H).eval()
-    quantize_(dense, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(32)))
+    quantize_(
+        dense, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(32))
+    )
     for t in (1, 128):
         ep = torch.export.export(dense, (torch.randn(t, D),), strict=False)
         paths[f"dense{t}"] = _lower(ep, tmp / f"dense{t}.pte")
@@ -135,7 +137,9 @@ def run(paths: dict[str, Path], threads: int, reps: int, calls: int) -> dict:
         for k, f in cases.items():
             n = calls if k.startswith("decode") else max(3, calls // 10)
             samples[k].append(_time(f, n) * 1e6)
-    res = {k: {"median_us": statistics.median(v), "min_us": min(v), "max_us": max(v)} for k, v in samples.items()}
+    res = {
+        k: {"median_us": statistics.median(v), "min_us": min(v), "max_us": max(v)} for k, v in samples.items()
+    }
     return res
 
 
@@ -160,13 +164,17 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         paths = build_programs(Path(tmp))
         results = {th: run(paths, th, args.reps, args.calls) for th in args.threads}
-    print(f"\nmmoe::moe_ffn_8da4w vs XNNPACK 8da4w dense SwiGLU (D={D} E={E} H={H} K={K}), isa={mobilemoe_kernels.isa()}")
+    print(
+        f"\nmmoe::moe_ffn_8da4w vs XNNPACK 8da4w dense SwiGLU (D={D} E={E} H={H} K={K}), "
+        f"isa={mobilemoe_kernels.isa()}"
+    )
     print(f"{'threads':>7} {'case':<16} {'median us':>10} {'min':>9} {'max':>9}")
     for th, res in results.items():
         for k, v in res.items():
             print(f"{th:>7} {k:<16} {v['median_us']:>10.1f} {v['min_us']:>9.1f} {v['max_us']:>9.1f}")
         print(
-            f"{th:>7} ratios: decode {res['decode_ours']['median_us'] / res['decode_xnnpack']['median_us']:.2f}x"
+            f"{th:>7} ratios: decode "
+            f"{res['decode_ours']['median_us'] / res['decode_xnnpack']['median_us']:.2f}x"
             f"  decode_hot {res['decode_ours_hot']['median_us'] / res['decode_xnnpack']['median_us']:.2f}x"
             f"  prefill {res['prefill_ours']['median_us'] / res['prefill_xnnpack']['median_us']:.2f}x"
         )

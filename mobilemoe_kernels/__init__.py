@@ -1,8 +1,10 @@
-"""mobilemoe_kernels: a CPU MoE feed-forward kernel over the top-k experts' INT4 weights.
+"""mobilemoe_kernels: CPU kernels of mobilemoe's exported programs: a MoE feed-forward over
+the top-k experts' INT4 weights, and attention that reads only the KV-cache slots a query
+may see.
 
-* ``mobilemoe_kernels.ops``: torch ops ``mmoe::moe_ffn_8da4w`` / ``mmoe::moe_ffn_f32``
-  (functional + ``.out``; CPU = the pure-torch reference, Meta = shapes) for eager runs and
-  ``torch.export``.
+* ``mobilemoe_kernels.ops``: torch ops ``mmoe::moe_ffn_8da4w`` / ``mmoe::moe_ffn_f32`` /
+  ``mmoe::attend_kv`` (functional + ``.out``; CPU = the pure-torch reference, Meta =
+  shapes) for eager runs and ``torch.export``.
 * ``load()``: loads ``lib/libmobilemoe_kernels.so`` (the ExecuTorch kernels of the same
   ops, plus raw ``extern "C"`` entry points) once per process, so ExecuTorch programs that
   call the ops can run.
@@ -19,10 +21,19 @@ import os
 import threading
 from pathlib import Path
 
-__all__ = ["OPERATORS", "KernelLibraryError", "library_path", "load", "is_loaded", "isa", "raw",
-           "operators_in", "load_for"]
+__all__ = [
+    "OPERATORS",
+    "KernelLibraryError",
+    "library_path",
+    "load",
+    "is_loaded",
+    "isa",
+    "raw",
+    "operators_in",
+    "load_for",
+]
 
-OPERATORS = ("mmoe::moe_ffn_8da4w", "mmoe::moe_ffn_f32")
+OPERATORS = ("mmoe::moe_ffn_8da4w", "mmoe::moe_ffn_f32", "mmoe::attend_kv")
 
 _LOCK = threading.Lock()
 _LIB: ctypes.CDLL | None = None
@@ -105,10 +116,11 @@ def load_for(program: str | os.PathLike) -> list[str]:
             load()
         except KernelLibraryError as e:
             raise KernelLibraryError(
-                f"{program} calls {', '.join(ops)} (mobilemoe's MoE kernel), which needs "
+                f"{program} calls {', '.join(ops)} (mobilemoe's kernels), which needs "
                 f"libmobilemoe_kernels loaded in the process: {e}. From Python, "
                 "`import mobilemoe_kernels; mobilemoe_kernels.load()` before loading the program; "
-                "a C++ runner links or dlopens lib/libmobilemoe_kernels.so (docs/kernels.md)") from None
+                "a C++ runner links or dlopens lib/libmobilemoe_kernels.so (docs/kernels.md)"
+            ) from None
     return ops
 
 
@@ -118,6 +130,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.mmoe_moe_ffn_8da4w_raw.restype = ctypes.c_int
     lib.mmoe_moe_ffn_f32_raw.argtypes = [p, p, p, i64, i64, i64, i64, i64, p, p, p]
     lib.mmoe_moe_ffn_f32_raw.restype = ctypes.c_int
+    lib.mmoe_attend_kv_raw.argtypes = [p, p, p, p, i64, i64, i64, i64, i64, i64, i64, p]
+    lib.mmoe_attend_kv_raw.restype = ctypes.c_int
     lib.mmoe_isa.restype = ctypes.c_char_p
     lib.mmoe_set_isa.argtypes = [ctypes.c_char_p]
     lib.mmoe_set_isa.restype = ctypes.c_int
@@ -125,7 +139,8 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 
 def raw() -> ctypes.CDLL:
-    """The loaded library as a ctypes handle (``mmoe_moe_ffn_8da4w_raw``, ``mmoe_isa``, ...)."""
+    """The loaded library as a ctypes handle (``mmoe_moe_ffn_8da4w_raw``, ``mmoe_attend_kv_raw``,
+    ``mmoe_isa``, ...)."""
     load()
     return _LIB  # type: ignore[return-value]
 

@@ -101,7 +101,8 @@ def unpack_int4(packed: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tenso
 def pack_experts(
     w13_q: torch.Tensor, w13_s: torch.Tensor, w2_q: torch.Tensor, w2_s: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """w13_q [E, 2H, D] int8, w13_s [E, 2H, D/32], w2_q [E, D, H], w2_s [E, D, H/32] -> the six kernel tensors."""
+    """w13_q [E, 2H, D] int8, w13_s [E, 2H, D/32], w2_q [E, D, H], w2_s [E, D, H/32]
+    -> the six kernel tensors."""
     if w13_q.dim() != 3 or w2_q.dim() != 3:
         raise ValueError("w13_q and w2_q must be [E, N, Kin]")
     e, h2, d = w13_q.shape

@@ -20,6 +20,7 @@ __all__ = [
     "quant_act_int8_per_row",
     "moe_ffn_8da4w_reference",
     "moe_ffn_f32_reference",
+    "attend_kv_reference",
 ]
 
 _EPS = torch.finfo(torch.float32).tiny
@@ -74,9 +75,13 @@ def _check_common(x: torch.Tensor, expert_ids: torch.Tensor, gates: torch.Tensor
     if x.dim() != 2 or x.dtype != torch.float32:
         raise ValueError(f"mmoe: x must be float32 [T, D], got {x.dtype} {tuple(x.shape)}")
     if expert_ids.dim() != 2 or expert_ids.shape[0] != x.shape[0] or expert_ids.dtype != torch.int64:
-        raise ValueError(f"mmoe: expert_ids must be int64 [T, K], got {expert_ids.dtype} {tuple(expert_ids.shape)}")
+        raise ValueError(
+            f"mmoe: expert_ids must be int64 [T, K], got {expert_ids.dtype} {tuple(expert_ids.shape)}"
+        )
     if tuple(gates.shape) != tuple(expert_ids.shape) or gates.dtype != torch.float32:
-        raise ValueError(f"mmoe: gates must be float32 {tuple(expert_ids.shape)}, got {gates.dtype} {tuple(gates.shape)}")
+        raise ValueError(
+            f"mmoe: gates must be float32 {tuple(expert_ids.shape)}, got {gates.dtype} {tuple(gates.shape)}"
+        )
 
 
 def _moe(x, expert_ids, gates, expert_fn) -> torch.Tensor:
@@ -99,7 +104,9 @@ def moe_ffn_f32_reference(x, expert_ids, gates, w13, w2) -> torch.Tensor:
     e_count, h2, d = w13.shape
     h = h2 // 2
     if d != x.shape[1] or tuple(w2.shape) != (e_count, d, h):
-        raise ValueError(f"mmoe: weight shapes w13 {tuple(w13.shape)} w2 {tuple(w2.shape)} do not fit D={x.shape[1]}")
+        raise ValueError(
+            f"mmoe: weight shapes w13 {tuple(w13.shape)} w2 {tuple(w2.shape)} do not fit D={x.shape[1]}"
+        )
     _check_ids(expert_ids, e_count)
 
     def fn(e, xs):
@@ -119,7 +126,8 @@ def moe_ffn_8da4w_reference(
     d = ng13 * GROUP
     if d != x.shape[1] or tuple(w2_packed.shape) != (e_count, d // 16, h // GROUP, 256):
         raise ValueError(
-            f"mmoe: packed shapes w13 {tuple(w13_packed.shape)} w2 {tuple(w2_packed.shape)} do not fit D={x.shape[1]}"
+            f"mmoe: packed shapes w13 {tuple(w13_packed.shape)} w2 {tuple(w2_packed.shape)} "
+            f"do not fit D={x.shape[1]}"
         )
     _check_ids(expert_ids, e_count)
 
@@ -133,3 +141,56 @@ def moe_ffn_8da4w_reference(
         return _quant_dequant_act(hid) @ w2.t()
 
     return _moe(x.float(), expert_ids, gates.float(), fn)
+
+
+def _check_attend(q, k_cache_t, v_cache, input_pos, window) -> None:
+    if q.dim() != 3 or q.dtype != torch.float32:
+        raise ValueError(f"mmoe::attend_kv: q must be float32 [T, H, hd], got {q.dtype} {tuple(q.shape)}")
+    T, H, hd = q.shape
+    if k_cache_t.dim() != 3 or k_cache_t.dtype != torch.float32 or k_cache_t.shape[1] != hd:
+        raise ValueError(
+            f"mmoe::attend_kv: k_cache_t must be float32 [KV, {hd}, S], got {k_cache_t.dtype} "
+            f"{tuple(k_cache_t.shape)}"
+        )
+    KV, S = k_cache_t.shape[0], k_cache_t.shape[2]
+    if tuple(v_cache.shape) != (KV, S, hd) or v_cache.dtype != torch.float32:
+        raise ValueError(
+            f"mmoe::attend_kv: v_cache must be float32 {(KV, S, hd)}, got {v_cache.dtype} "
+            f"{tuple(v_cache.shape)}"
+        )
+    if H % KV != 0:
+        raise ValueError(f"mmoe::attend_kv: H={H} must be a multiple of KV={KV}")
+    if input_pos.dim() != 1 or input_pos.shape[0] != T or input_pos.dtype != torch.int64:
+        raise ValueError(
+            f"mmoe::attend_kv: input_pos must be int64 [{T}], got {input_pos.dtype} {tuple(input_pos.shape)}"
+        )
+    if T and (int(input_pos.min()) < 0 or int(input_pos.max()) >= S):
+        bad = int(input_pos.min()) if int(input_pos.min()) < 0 else int(input_pos.max())
+        raise ValueError(f"mmoe::attend_kv: position {bad} out of the cache's range [0, {S})")
+    if window < 0:
+        raise ValueError(f"mmoe::attend_kv: window must be >= 0 (0: no window), got {window}")
+
+
+def attend_kv_reference(q, k_cache_t, v_cache, input_pos, window: int) -> torch.Tensor:
+    """Softmax attention of q [T, H, hd] over the cache slots each query may see.
+
+    Query t at position p = input_pos[t], head h, reads KV head h // (H // KV) at slots
+    [max(0, p - window + 1), p] (window 0: [0, p]); scores are scaled by hd^-0.5. The
+    caches, K transposed [KV, hd, S] and V [KV, S, hd], already hold this call's K/V.
+    Returns [T, H, hd]. Other slots are never read, so they may hold anything.
+    """
+    _check_attend(q, k_cache_t, v_cache, input_pos, window)
+    T, H, hd = q.shape
+    KV, S = k_cache_t.shape[0], k_cache_t.shape[2]
+    slots_S = torch.arange(S)
+    pos_T1 = input_pos.unsqueeze(1)
+    seen_TS = slots_S.unsqueeze(0) <= pos_T1
+    if window > 0:
+        seen_TS = seen_TS & ((pos_T1 - slots_S.unsqueeze(0)) < window)
+    q_TGRd = q.view(T, KV, H // KV, hd)
+    scores = torch.einsum("tgrd,gds->tgrs", q_TGRd, k_cache_t) * hd**-0.5
+    scores = scores.masked_fill(~seen_TS[:, None, None, :], float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    v_seen = torch.where(seen_TS.any(0)[None, :, None], v_cache, 0.0)  # unread slots may hold NaN
+    out = torch.einsum("tgrs,gsd->tgrd", weights, v_seen)
+    return out.reshape(T, H, hd).contiguous()

@@ -15,5 +15,4 @@ from .pipeline import PTE, REPORT, TOKENIZER, export_pte
 from .program import ExportError
 from .runtime import PteModel, set_runtime_threads
 
-__all__ = ["export_pte", "PteModel", "ExportError", "set_runtime_threads", "PTE", "TOKENIZER",
-           "REPORT"]
+__all__ = ["export_pte", "PteModel", "ExportError", "set_runtime_threads", "PTE", "TOKENIZER", "REPORT"]

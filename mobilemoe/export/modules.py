@@ -15,13 +15,15 @@ summation order; the parity tests hold the program to the eager model):
   matmul with a signed permutation (exact: one +-1 per column), and the fused gate/up
   linears are split into two linears (rows, so INT4 groups and the per-token INT8
   activation quantization are unchanged).
-* Attention is written as batched matmuls over the KV heads: grouped query heads are
-  folded into the row dim (GQA without copying K/V), K is cached transposed
-  ``[KV, hd, S]`` so no matmul transposes the cache, and the masks are additive biases
-  built once per call. Unwritten or stale slots are always masked; they hold finite
-  values (ExecuTorch zero-fills planned memory), so weights of exactly 0 never meet NaN.
-  (Attending to the call's own K/V before writing them would spare the split that the
-  cache write makes, but needs a concatenated V cache per call; measured: no faster.)
+* Attention is one call of mobilemoe's attention kernel per layer (``mmoe::attend_kv``,
+  package ``mobilemoe_kernels``, docs/kernels.md), in the MoE and the dense programs alike:
+  query t at position p reads only the cache slots it may see, [p - window + 1, p] for a
+  sliding-window layer, [0, p] otherwise, with GQA (query head h reads KV head h // rep)
+  and no mask. The call's K/V are first written into the static cache in place
+  (``index_copy_``; the exporter's reinplace pass keeps it in place); K is cached
+  transposed ``[KV, hd, S]``, V as ``[KV, S, hd]``, the layouts the kernel reads fastest.
+  (Replaced XNNPACK batch matmuls over all S slots plus an additive mask, which repacked
+  the whole cache every call: measured in benchmarks/attention.py.)
 * The routed experts are one call of mobilemoe's top-k kernel per MoE layer
   (``mmoe::moe_ffn_8da4w`` on the packed INT4 experts, ``mmoe::moe_ffn_f32`` for fp32
   programs; package ``mobilemoe_kernels``, docs/kernels.md): decode reads only the chosen
@@ -30,6 +32,8 @@ summation order; the parity tests hold the program to the eager model):
 """
 
 from __future__ import annotations
+
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -59,9 +63,14 @@ def _rows(weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
     if isinstance(weight, IntxUnpackedToInt8Tensor):
         return IntxUnpackedToInt8Tensor(
-            weight.qdata.index_select(0, index), weight.scale.index_select(0, index),
-            weight.zero_point.index_select(0, index), weight.target_dtype, weight.block_size,
-            weight.dtype, weight.activation_quantization)
+            weight.qdata.index_select(0, index),
+            weight.scale.index_select(0, index),
+            weight.zero_point.index_select(0, index),
+            weight.target_dtype,
+            weight.block_size,
+            weight.dtype,
+            weight.activation_quantization,
+        )
     return weight.detach().index_select(0, index)
 
 
@@ -106,17 +115,18 @@ class ExportMoE(nn.Module):
         from ..quant.experts import QuantizedExperts
 
         self.router = ffn.router  # weight (fp32) and expert_bias buffer, shared
-        experts = ffn.experts
+        experts: nn.Module = ffn.experts
         if isinstance(experts, QuantizedExperts):
             self.kernel = "8da4w"
         elif isinstance(experts, RoutedExperts):
             if experts.fake_quant is not None:
-                raise TypeError("export a QAT model after convert_qat (mobilemoe.quant), not "
-                                "with its fake quantization")
+                raise TypeError(
+                    "export a QAT model after convert_qat (mobilemoe.quant), not with its fake quantization"
+                )
             self.kernel = "f32"
         else:
             raise TypeError(f"cannot export routed experts of type {type(experts).__name__}")
-        self.experts = experts
+        self.experts: Any = experts  # QuantizedExperts or RoutedExperts (self.kernel says which)
         self.shared = ExportSwiGLU(ffn.shared) if ffn.shared is not None else None
 
     def forward(self, x_TD: torch.Tensor) -> torch.Tensor:
@@ -142,11 +152,17 @@ def _rotate_half_matrix(head_dim: int) -> torch.Tensor:
 
 class ExportAttention(nn.Module):
     """``Attention`` with a static KV cache of ``max_context_len`` slots (batch 1): the
-    call's K/V are written at ``input_pos`` (portable ``index_put``), then every query
-    attends over all slots through the additive mask, as the eager model does."""
+    call's K/V are written at ``input_pos``, then each query attends over the slots it may
+    see (``mmoe::attend_kv``), as the eager model does through its mask."""
+
+    k_cache_T: torch.Tensor  # buffers, typed for the checker
+    v_cache: torch.Tensor
+    rotate_half: torch.Tensor
 
     def __init__(self, attn: Attention, max_context_len: int):
         super().__init__()
+        import mobilemoe_kernels.ops  # noqa: F401  (registers torch.ops.mmoe)
+
         self.attn = attn  # its linears and norms (weights shared)
         self.n_heads, self.n_kv_heads, self.head_dim = attn.n_heads, attn.n_kv_heads, attn.head_dim
         self.window = attn.window
@@ -160,26 +176,21 @@ class ExportAttention(nn.Module):
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         return x * cos + F.linear(x, self.rotate_half) * sin
 
-    def forward(self, x_1TD, cos_1T1d, sin_1T1d, input_pos_T, bias_RS) -> torch.Tensor:
+    def forward(self, x_1TD, cos_1T1d, sin_1T1d, input_pos_T) -> torch.Tensor:
         a = self.attn
         H, KV, hd = self.n_heads, self.n_kv_heads, self.head_dim
-        rep = H // KV
         q = a.wq(x_1TD).view(1, -1, H, hd)
         k = a.wk(x_1TD).view(1, -1, KV, hd)
         v = a.wv(x_1TD).view(1, -1, KV, hd)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self._rope(q, cos_1T1d, sin_1T1d), self._rope(k, cos_1T1d, sin_1T1d)
-        k_KdT = k.view(-1, KV, hd).permute(1, 2, 0)
-        v_KTd = v.view(-1, KV, hd).permute(1, 0, 2)
-        # Query head h reads KV head h // rep: rows (KV, rep * T) share one K/V matrix.
-        q_KRd = q.view(-1, KV, rep, hd).permute(1, 2, 0, 3).contiguous().view(KV, -1, hd) * hd ** -0.5
-        self.k_cache_T.index_copy_(2, input_pos_T, k_KdT)
-        self.v_cache.index_copy_(1, input_pos_T, v_KTd)
-        scores = torch.bmm(q_KRd, self.k_cache_T) + bias_RS  # (KV, rep*T, S)
-        out = torch.bmm(torch.softmax(scores, dim=-1), self.v_cache)  # (KV, rep*T, hd)
-        out = out.view(KV, rep, -1, hd).permute(2, 0, 1, 3).contiguous().view(1, -1, H * hd)
-        return a.wo(out)
+        self.k_cache_T.index_copy_(2, input_pos_T, k.view(-1, KV, hd).permute(1, 2, 0))
+        self.v_cache.index_copy_(1, input_pos_T, v.view(-1, KV, hd).permute(1, 0, 2))
+        out_THd = torch.ops.mmoe.attend_kv(
+            q.view(-1, H, hd), self.k_cache_T, self.v_cache, input_pos_T, self.window or 0
+        )
+        return a.wo(out_THd.view(1, -1, H * hd))
 
 
 class ExportableMobileMoE(nn.Module):
@@ -189,31 +200,24 @@ class ExportableMobileMoE(nn.Module):
     query at position p sees slots 0..p, so a new sequence simply starts again at 0.
     """
 
+    inv_freq: torch.Tensor  # a buffer, typed for the checker
+
     def __init__(self, model: MobileMoE, max_context_len: int):
         super().__init__()
         cfg = model.cfg
         D = cfg.d_model
         self.cfg, self.max_context_len = cfg, max_context_len
-        self.rep = cfg.n_heads // cfg.n_kv_heads
         self.tok_embeddings, self.output = model.tok_embeddings, model.output
         self.norm = ExportRMSNorm(model.norm, (1, -1, D))
-        self.attn_norms = nn.ModuleList(ExportRMSNorm(b.attn_norm, (1, -1, D)) for b in model.layers)
-        self.ffn_norms = nn.ModuleList(ExportRMSNorm(b.ffn_norm, (-1, D)) for b in model.layers)
-        self.attns = nn.ModuleList(ExportAttention(b.attn, max_context_len) for b in model.layers)
-        self.ffns = nn.ModuleList(ExportMoE(b.ffn) if isinstance(b.ffn, MoEFeedForward)
-                                  else ExportSwiGLU(b.ffn) for b in model.layers)
+        blocks = model.blocks()
+        self.attn_norms = nn.ModuleList(ExportRMSNorm(b.attn_norm, (1, -1, D)) for b in blocks)
+        self.ffn_norms = nn.ModuleList(ExportRMSNorm(b.ffn_norm, (-1, D)) for b in blocks)
+        self.attns = nn.ModuleList(ExportAttention(b.attn, max_context_len) for b in blocks)
+        self.ffns = nn.ModuleList(
+            ExportMoE(b.ffn) if isinstance(b.ffn, MoEFeedForward) else ExportSwiGLU(cast(SwiGLU, b.ffn))
+            for b in blocks
+        )
         self.register_buffer("inv_freq", model.inv_freq.detach().clone(), persistent=False)
-        self.register_buffer("k_pos", torch.arange(max_context_len), persistent=False)
-
-    def _bias(self, input_pos_T: torch.Tensor, window) -> torch.Tensor:
-        """Additive mask (rep*T, S): 0 where a query may attend, -inf elsewhere (unwritten
-        and stale slots are beyond the query's position: always masked)."""
-        q_T1 = input_pos_T.unsqueeze(1)
-        seen_TS = self.k_pos.unsqueeze(0) <= q_T1
-        if window is not None:
-            seen_TS = seen_TS & ((q_T1 - self.k_pos.unsqueeze(0)) < window)
-        # Query rows are (rep, T) per KV head: the same mask repeated per group member.
-        return torch.where(seen_TS, 0.0, float("-inf")).repeat(self.rep, 1)
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         D = self.cfg.d_model
@@ -221,16 +225,13 @@ class ExportableMobileMoE(nn.Module):
         hd = freqs_Td.shape[-1] * 2
         cos = torch.cat((freqs_Td.cos(), freqs_Td.cos()), dim=-1).view(1, -1, 1, hd)
         sin = torch.cat((freqs_Td.sin(), freqs_Td.sin()), dim=-1).view(1, -1, 1, hd)
-        biases = {}
         h = self.tok_embeddings(tokens)
         for attn_norm, attn, ffn_norm, ffn in zip(self.attn_norms, self.attns, self.ffn_norms, self.ffns):
-            if attn.window not in biases:
-                biases[attn.window] = self._bias(input_pos, attn.window)
-            h = h + attn(attn_norm(h), cos, sin, input_pos, biases[attn.window])
+            h = h + attn(attn_norm(h), cos, sin, input_pos)
             h = h + ffn(ffn_norm(h)).view(1, -1, D)
         return self.output(self.norm(h))
 
     def reset_cache(self) -> None:
-        for attn in self.attns:
+        for attn in cast(list[ExportAttention], list(self.attns)):
             attn.k_cache_T.zero_()
             attn.v_cache.zero_()

@@ -58,8 +58,11 @@ def eager_logits_and_route_margins(model, seq: Sequence[int]):
         cfg = router.cfg
         if cfg.top_k >= router.n_experts:
             return
-        scores = (torch.sigmoid(routing.logits_TE) + router.expert_bias if cfg.router == "sigmoid"
-                  else torch.softmax(routing.logits_TE, dim=-1))
+        scores = (
+            torch.sigmoid(routing.logits_TE) + router.expert_bias
+            if cfg.router == "sigmoid"
+            else torch.softmax(routing.logits_TE, dim=-1)
+        )
         top = scores.topk(cfg.top_k + 1, dim=-1).values
         margins.append(top[:, -2] - top[:, -1])
 
@@ -69,14 +72,12 @@ def eager_logits_and_route_margins(model, seq: Sequence[int]):
     finally:
         for h in handles:
             h.remove()
-    margin_T = (torch.stack(margins).min(0).values if margins
-                else torch.full((len(seq),), float("inf")))
+    margin_T = torch.stack(margins).min(0).values if margins else torch.full((len(seq),), float("inf"))
     return logits, margin_T
 
 
 @torch.no_grad()
-def greedy_parity(eager_model, pte, prompts: Sequence[Sequence[int]], new_tokens: int,
-                  quantize: str) -> dict:
+def greedy_parity(eager_model, pte, prompts: Sequence[Sequence[int]], new_tokens: int, quantize: str) -> dict:
     route_tol = ROUTE_TOL[quantize]
     runs, scale = [], 0.0
     for prompt in prompts:
@@ -103,17 +104,30 @@ def greedy_parity(eager_model, pte, prompts: Sequence[Sequence[int]], new_tokens
         tie = (top2[:, 0] - top2[:, 1] < tol) | route_tie_T[steps]
         first_near_tie = int(tie.nonzero()[0]) if tie.any() else len(generated)
         eager_next = eager_logits[steps].argmax(-1).tolist()
-        mismatch = next((i for i, (a, b) in enumerate(zip(eager_next, generated)) if a != b),
-                        len(generated))
-        rows.append({"prompt_tokens": len(prompt), "new_tokens": len(generated),
-                     "max_abs_logit_diff": diff, "route_near_ties": int(route_tie_T.sum()),
-                     "first_token_mismatch": mismatch, "first_near_tie": first_near_tie,
-                     "tokens_ok": mismatch >= first_near_tie})
-    return {"quantize": quantize, "tolerance": tol, "route_tolerance": route_tol,
-            "max_abs_logit_diff": worst, "max_abs_logit_diff_incl_route_ties": worst_all,
-            "route_near_ties": n_route_ties, "max_abs_logit": scale,
-            "identical_greedy_tokens": all(r["first_token_mismatch"] == r["new_tokens"] for r in rows),
-            "passed": worst <= tol and all(r["tokens_ok"] for r in rows), "prompts": rows}
+        mismatch = next((i for i, (a, b) in enumerate(zip(eager_next, generated)) if a != b), len(generated))
+        rows.append(
+            {
+                "prompt_tokens": len(prompt),
+                "new_tokens": len(generated),
+                "max_abs_logit_diff": diff,
+                "route_near_ties": int(route_tie_T.sum()),
+                "first_token_mismatch": mismatch,
+                "first_near_tie": first_near_tie,
+                "tokens_ok": mismatch >= first_near_tie,
+            }
+        )
+    return {
+        "quantize": quantize,
+        "tolerance": tol,
+        "route_tolerance": route_tol,
+        "max_abs_logit_diff": worst,
+        "max_abs_logit_diff_incl_route_ties": worst_all,
+        "route_near_ties": n_route_ties,
+        "max_abs_logit": scale,
+        "identical_greedy_tokens": all(r["first_token_mismatch"] == r["new_tokens"] for r in rows),
+        "passed": worst <= tol and all(r["tokens_ok"] for r in rows),
+        "prompts": rows,
+    }
 
 
 def sample_prompts(tokenizer, n: int = 5) -> list[list[int]]:

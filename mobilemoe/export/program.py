@@ -25,6 +25,7 @@ source was an sft/qat checkpoint: prompt with ``mobilemoe.tokens.chat_prompt``).
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -80,20 +81,24 @@ def check_tokenizer(path: Path, vocab_size: int) -> None:
     from ..data.tokenizer import load_tokenizer
 
     if not path.is_file():
-        raise ExportError(f"{path}: no tokenizer beside the checkpoint; the exported program "
-                          "ships the tokenizer the model was trained with")
+        raise ExportError(
+            f"{path}: no tokenizer beside the checkpoint; the exported program "
+            "ships the tokenizer the model was trained with"
+        )
     try:
         tok = load_tokenizer(path)
     except UserError as e:
         raise ExportError(str(e)) from None
     n = tok.get_vocab_size()
     if n > vocab_size:
-        raise ExportError(f"{path}: tokenizer has {n} ids but the model's vocabulary "
-                          f"(model.vocab_size) is {vocab_size}: they do not match; export the "
-                          "checkpoint with the tokenizer it was trained with")
+        raise ExportError(
+            f"{path}: tokenizer has {n} ids but the model's vocabulary "
+            f"(model.vocab_size) is {vocab_size}: they do not match; export the "
+            "checkpoint with the tokenizer it was trained with"
+        )
 
 
-def load_source(checkpoint_dir: str | Path, quantize: str = "8da4w", ptq: Any = None) -> SourceModel:
+def load_source(checkpoint_dir: str | os.PathLike, quantize: str = "8da4w", ptq: Any = None) -> SourceModel:
     """Load a checkpoint as the eager model to export (converted for 8da4w).
 
     ``ptq``: a QAT spec (``params.qat``) to quantize a float checkpoint after training in
@@ -118,12 +123,12 @@ def load_source(checkpoint_dir: str | Path, quantize: str = "8da4w", ptq: Any = 
             raise ExportError(
                 f"{folder}: INT4 (8da4w) export needs a QAT checkpoint, but this one is stage "
                 f"{config.get('stage')!r} with no 'qat' entry in {CONFIG}; export the qat stage's "
-                "checkpoint, or pass quantize='none' (--quantize none) for an fp32 program")
+                "checkpoint, or pass quantize='none' (--quantize none) for an fp32 program"
+            )
         model = convert_qat(model, spec)
     else:
         model = model.eval()
-    return SourceModel(model, config, folder, sha, tokenizer, quantize,
-                       spec if quantize == "8da4w" else None)
+    return SourceModel(model, config, folder, sha, tokenizer, quantize, spec if quantize == "8da4w" else None)
 
 
 def program_metadata(src: SourceModel, max_context_len: int) -> dict[str, Any]:
@@ -166,8 +171,11 @@ def lower(exported, metadata: dict[str, Any]):
     _load_quantized_kernels()
     try:
         return to_edge_transform_and_lower(
-            exported, partitioner=[XnnpackPartitioner()], constant_methods=metadata,
-            compile_config=EdgeCompileConfig(_check_ir_validity=True))
+            exported,
+            partitioner=[XnnpackPartitioner()],
+            constant_methods=metadata,
+            compile_config=EdgeCompileConfig(_check_ir_validity=True),
+        )
     except Exception as e:
         raise ExportError(f"lowering to ExecuTorch failed{_op_hint(str(e))}: {_first_line(e)}") from e
 
@@ -181,8 +189,9 @@ def check_kernels(program) -> None:
 
     _load_quantized_kernels()  # their operators count as available once loaded
     nodes = list(program.exported_program().graph_module.graph.nodes)
-    if any(str(getattr(n.target, "_schema", "")).startswith("mmoe::") for n in nodes
-           if n.op == "call_function"):
+    if any(
+        str(getattr(n.target, "_schema", "")).startswith("mmoe::") for n in nodes if n.op == "call_function"
+    ):
         load_moe_kernels()
     have = set(portable_lib._get_operator_names())
     for node in nodes:
@@ -194,7 +203,8 @@ def check_kernels(program) -> None:
             raise ExportError(
                 f"operator {schema.name} ({_where(node)}) is not supported: XNNPACK does not take "
                 "it and the ExecuTorch runtime has no kernel for it; rewrite that part of the "
-                "model with supported operators (see mobilemoe/export/modules.py)")
+                "model with supported operators (see mobilemoe/export/modules.py)"
+            )
 
 
 def to_executorch(edge):
@@ -203,14 +213,17 @@ def to_executorch(edge):
     from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
 
     try:
-        program = edge.to_executorch(ExecutorchBackendConfig(
-            # Plan memory for the longest call (T = max_seq_len), not the example's T.
-            sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
-            # The KV-cache writes (index_put on the cache buffers) in place: without it
-            # every call copies each layer's whole cache twice (measured: a third of a
-            # MobileMoE-S decode step at 2,048 slots).
-            run_reinplace_pass=True,
-            do_quant_fusion_and_const_prop=True))  # INT4 embedding as one kernel (STACK.md)
+        program = edge.to_executorch(
+            ExecutorchBackendConfig(
+                # Plan memory for the longest call (T = max_seq_len), not the example's T.
+                sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
+                # The KV-cache writes (index_put on the cache buffers) in place: without it
+                # every call copies each layer's whole cache twice (measured: a third of a
+                # MobileMoE-S decode step at 2,048 slots).
+                run_reinplace_pass=True,
+                do_quant_fusion_and_const_prop=True,
+            )
+        )  # INT4 embedding: docs/libraries.md
     except Exception as e:
         raise ExportError(f"ExecuTorch serialisation failed{_op_hint(str(e))}: {_first_line(e)}") from e
     check_kernels(program)
@@ -246,31 +259,47 @@ def operator_report(program) -> dict[str, Any]:
             continue
         portable[_layer_of(node)][name] += 1
     layers = sorted(set(delegated) | set(portable), key=_layer_sort_key)
-    per_layer = {k: {"delegated": sum(delegated[k].values()), "portable": sum(portable[k].values()),
-                     "portable_ops": dict(sorted(portable[k].items()))} for k in layers}
+    per_layer = {
+        k: {
+            "delegated": sum(delegated[k].values()),
+            "portable": sum(portable[k].values()),
+            "portable_ops": dict(sorted(portable[k].items())),
+        }
+        for k in layers
+    }
     total_delegated = sum(sum(c.values()) for c in delegated.values())
     total_portable = sum(sum(c.values()) for c in portable.values())
-    all_delegated, all_portable = Counter(), Counter()
+    all_delegated: Counter[str] = Counter()
+    all_portable: Counter[str] = Counter()
     for c in delegated.values():
         all_delegated.update(c)
     for c in portable.values():
         all_portable.update(c)
     moe = moe_kernel_report(portable)
-    return {"backend": "XnnpackBackend", "partitions": n_partitions, "moe": moe,
-            "delegated_ops": total_delegated, "portable_ops": total_portable,
-            "delegated_by_op": dict(sorted(all_delegated.items())),
-            "portable_by_op": dict(sorted(all_portable.items())), "per_layer": per_layer}
+    return {
+        "backend": "XnnpackBackend",
+        "partitions": n_partitions,
+        "moe": moe,
+        "delegated_ops": total_delegated,
+        "portable_ops": total_portable,
+        "delegated_by_op": dict(sorted(all_delegated.items())),
+        "portable_by_op": dict(sorted(all_portable.items())),
+        "per_layer": per_layer,
+    }
 
 
 def moe_kernel_report(portable: dict[str, Counter]) -> dict[str, Any]:
     """Which layers run the routed experts with the top-k kernel (``mmoe::``)."""
-    kernel = {layer: {op: n for op, n in ops.items() if op.startswith("moe_ffn_")}
-              for layer, ops in portable.items()}
+    kernel = {
+        layer: {op: n for op, n in ops.items() if op.startswith("moe_ffn_")}
+        for layer, ops in portable.items()
+    }
     layers = sorted((k for k, ops in kernel.items() if ops), key=_layer_sort_key)
     return {"kernel_layers": layers, "kernel_calls": {k: kernel[k] for k in layers}}
 
 
 # -- helpers ------------------------------------------------------------------------------
+
 
 def _load_quantized_kernels() -> None:
     try:  # registers quantized_decomposed::embedding_4bit & co. (needed at export AND run time)
@@ -280,13 +309,13 @@ def _load_quantized_kernels() -> None:
 
 
 def load_moe_kernels() -> None:
-    """Load mobilemoe's MoE kernel library (``mmoe::`` ExecuTorch kernels) into the process."""
+    """Load mobilemoe's kernel library (``mmoe::`` ExecuTorch kernels: MoE and attention) into the process."""
     import mobilemoe_kernels
 
     try:
         mobilemoe_kernels.load()
     except mobilemoe_kernels.KernelLibraryError as e:
-        raise ExportError(f"the MoE kernel library is needed to export and run MoE programs: {e}") from None
+        raise ExportError(f"mobilemoe's kernel library is needed to export and run programs: {e}") from None
 
 
 def _op_name(node) -> str:

@@ -22,10 +22,8 @@ import torch
 
 from ..errors import UserError
 
-METADATA_INT = ("get_max_seq_len", "get_max_context_len", "get_vocab_size", "get_n_layers",
-                "get_bos_id")
-METADATA_BOOL = ("use_kv_cache", "enable_dynamic_shape", "use_sdpa_with_kv_cache",
-                 "use_chat_template")
+METADATA_INT = ("get_max_seq_len", "get_max_context_len", "get_vocab_size", "get_n_layers", "get_bos_id")
+METADATA_BOOL = ("use_kv_cache", "enable_dynamic_shape", "use_sdpa_with_kv_cache", "use_chat_template")
 
 
 def _runtime():
@@ -52,7 +50,7 @@ def load_kernels_for(path: Path) -> list[str]:
 
 
 def set_runtime_threads(n: int) -> None:
-    """ExecuTorch's own thread pool ignores torch/OMP settings (STACK.md)."""
+    """ExecuTorch's own thread pool ignores torch/OMP settings (docs/libraries.md#threads)."""
     _runtime()._unsafe_reset_threadpool(int(n))
 
 
@@ -68,8 +66,9 @@ def refuse_unloadable(path: Path) -> None:
 class PteModel:
     """An LLM-convention ``.pte`` loaded in this process."""
 
-    def __init__(self, pte_path: str | Path, tokenizer_path: str | Path | None = None,
-                 threads: Optional[int] = None):
+    def __init__(
+        self, pte_path: str | Path, tokenizer_path: str | Path | None = None, threads: Optional[int] = None
+    ):
         self.path = Path(pte_path)
         if not self.path.is_file():
             raise UserError(f"{self.path}: program not found")
@@ -82,12 +81,16 @@ class PteModel:
             self._module = rt._load_for_executorch(str(self.path))
             names = set(self._module.method_names())
         except RuntimeError as e:
-            raise UserError(f"{self.path}: ExecuTorch could not load it ({e}); is it a .pte "
-                            "written by `mobilemoe export`?") from None
+            raise UserError(
+                f"{self.path}: ExecuTorch could not load it ({e}); is it a .pte "
+                "written by `mobilemoe export`?"
+            ) from None
         missing = [m for m in ("forward", "get_max_seq_len", "get_vocab_size") if m not in names]
         if missing:
-            raise UserError(f"{self.path}: not an LLM-convention program (no {', '.join(missing)} "
-                            "method); export it with `mobilemoe export`")
+            raise UserError(
+                f"{self.path}: not an LLM-convention program (no {', '.join(missing)} "
+                "method); export it with `mobilemoe export`"
+            )
         self.metadata: dict = {}
         for name in METADATA_INT + METADATA_BOOL:
             if name in names:
@@ -96,7 +99,9 @@ class PteModel:
         if "get_eos_ids" in names:
             self.metadata["get_eos_ids"] = [int(v) for v in self._module.run_method("get_eos_ids", ())]
         self.executions = 0  # forward runs of the program (prefill chunks + decode steps)
-        self.tokenizer_path = Path(tokenizer_path) if tokenizer_path else self.path.with_name("tokenizer.json")
+        self.tokenizer_path = (
+            Path(tokenizer_path) if tokenizer_path else self.path.with_name("tokenizer.json")
+        )
         self._tokenizer = None
         report = self.path.with_name("export_report.json")
         self.report = json.loads(report.read_text()) if report.is_file() else None
@@ -143,8 +148,10 @@ class PteModel:
         if T == 0 or T > self.max_seq_len:
             raise ValueError(f"a call takes 1..{self.max_seq_len} tokens, got {T}")
         if start_pos < 0 or start_pos + T > self.max_context_len:
-            raise UserError(f"positions {start_pos}..{start_pos + T - 1} exceed the program's "
-                            f"context of {self.max_context_len} tokens (export --max-seq-len)")
+            raise UserError(
+                f"positions {start_pos}..{start_pos + T - 1} exceed the program's "
+                f"context of {self.max_context_len} tokens (export --max-seq-len)"
+            )
         tokens = torch.tensor([list(token_ids)], dtype=torch.long)
         pos = torch.arange(start_pos, start_pos + T, dtype=torch.long)
         out = self._module.forward((tokens, pos))[0]
@@ -155,16 +162,25 @@ class PteModel:
         """Logits (T, V) for every position of a sequence starting at position 0."""
         ids = [int(t) for t in token_ids]
         if len(ids) > self.max_context_len:
-            raise UserError(f"{len(ids)} tokens exceed the program's context of "
-                            f"{self.max_context_len}; split the text or export with a longer "
-                            "context (export --max-seq-len)")
-        chunks = [self.forward(ids[i:i + self.max_seq_len], i)
-                  for i in range(0, len(ids), self.max_seq_len)]
+            raise UserError(
+                f"{len(ids)} tokens exceed the program's context of "
+                f"{self.max_context_len}; split the text or export with a longer "
+                "context (export --max-seq-len)"
+            )
+        chunks = [
+            self.forward(ids[i : i + self.max_seq_len], i) for i in range(0, len(ids), self.max_seq_len)
+        ]
         return torch.cat(chunks) if chunks else torch.empty(0, self.vocab_size)
 
-    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0,
-                 top_p: float = 1.0, stop_ids: Optional[Iterable[int]] = None,
-                 seed: Optional[int] = None) -> list[int]:
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop_ids: Optional[Iterable[int]] = None,
+        seed: Optional[int] = None,
+    ) -> list[int]:
         """New token ids after ``prompt_ids`` (stops after a stop id, which is included)."""
         from ..generate import Sampler
 
@@ -173,8 +189,9 @@ class PteModel:
             raise UserError("generate needs at least one prompt token")
         budget = self.max_context_len - len(prompt)
         if budget <= 0:
-            raise UserError(f"the prompt has {len(prompt)} tokens; the program's context is "
-                            f"{self.max_context_len}")
+            raise UserError(
+                f"the prompt has {len(prompt)} tokens; the program's context is {self.max_context_len}"
+            )
         sampler = Sampler(temperature, top_p, seed)
         stop = set(self.eos_ids if stop_ids is None else stop_ids)
         n_new = min(max_new_tokens, budget)
@@ -189,8 +206,9 @@ class PteModel:
                 return out
             logits_V = self.forward([token], len(prompt) + len(out) - 1)[-1]
 
-    def generate_text(self, prompt: str, max_new_tokens: int = 64, chat: Optional[bool] = None,
-                      **sampling) -> str:
+    def generate_text(
+        self, prompt: str, max_new_tokens: int = 64, chat: Optional[bool] = None, **sampling
+    ) -> str:
         from ..generate import decode_new, encode_prompt
 
         chat = self.use_chat_template if chat is None else chat

@@ -1,8 +1,9 @@
-// ExecuTorch registration of mmoe::moe_ffn_8da4w.out and mmoe::moe_ffn_f32.out.
+// ExecuTorch registration of mmoe::moe_ffn_8da4w.out, mmoe::moe_ffn_f32.out and mmoe::attend_kv.out.
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/core/exec_aten/util/tensor_util.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
 
+#include "attend.h"
 #include "moe_ffn.h"
 
 namespace mmoe {
@@ -108,8 +109,37 @@ Tensor& moe_ffn_f32_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor
   return out;
 }
 
+Tensor& attend_kv_out(KernelRuntimeContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
+                      const Tensor& pos, int64_t window, Tensor& out) {
+  ET_KERNEL_CHECK_MSG(ctx, q.scalar_type() == ScalarType::Float && q.dim() == 3, InvalidArgument, out,
+                      "mmoe::attend_kv: q must be float32 [T, H, hd]");
+  const int64_t T = q.size(0), H = q.size(1), hd = q.size(2);
+  ET_KERNEL_CHECK_MSG(ctx, k.scalar_type() == ScalarType::Float && k.dim() == 3 && k.size(1) == hd, InvalidArgument,
+                      out, "mmoe::attend_kv: k_cache_t must be float32 [KV, hd, Sk]");
+  const int64_t KV = k.size(0), Sk = k.size(2);
+  ET_KERNEL_CHECK_MSG(ctx,
+                      v.scalar_type() == ScalarType::Float && v.dim() == 3 && v.size(0) == KV && v.size(1) <= Sk &&
+                          v.size(2) == hd,
+                      InvalidArgument, out, "mmoe::attend_kv: v_cache must be float32 [KV, S, hd] with S <= Sk");
+  const int64_t S = v.size(1);
+  ET_KERNEL_CHECK_MSG(ctx, pos.scalar_type() == ScalarType::Long && pos.dim() == 1 && pos.size(0) == T,
+                      InvalidArgument, out, "mmoe::attend_kv: input_pos must be int64 [T]");
+  ET_KERNEL_CHECK_MSG(ctx, window >= 0, InvalidArgument, out, "mmoe::attend_kv: window must be >= 0");
+  ET_KERNEL_CHECK_MSG(ctx, out.scalar_type() == ScalarType::Float && out.dim() == 3, InvalidArgument, out,
+                      "mmoe::attend_kv: out must be float32 [T, H, hd]");
+  SizesType sz[3] = {(SizesType)T, (SizesType)H, (SizesType)hd};
+  ET_KERNEL_CHECK_MSG(ctx, executorch::runtime::resize_tensor(out, {sz, 3}) == Error::Ok, InvalidArgument, out,
+                      "mmoe::attend_kv: cannot resize out to [T, H, hd]");
+  int rc = attend_kv(q.const_data_ptr<float>(), k.const_data_ptr<float>(), v.const_data_ptr<float>(),
+                     pos.const_data_ptr<int64_t>(), T, H, KV, S, Sk, hd, window,
+                     out.mutable_data_ptr<float>());
+  ET_KERNEL_CHECK_MSG(ctx, rc == 0, InvalidArgument, out, "%s", last_error());
+  return out;
+}
+
 }  // namespace
 }  // namespace mmoe
 
 EXECUTORCH_LIBRARY(mmoe, "moe_ffn_8da4w.out", mmoe::moe_ffn_8da4w_out);
 EXECUTORCH_LIBRARY(mmoe, "moe_ffn_f32.out", mmoe::moe_ffn_f32_out);
+EXECUTORCH_LIBRARY(mmoe, "attend_kv.out", mmoe::attend_kv_out);

@@ -444,6 +444,7 @@ void qgemm_stage(const Scratch& S, RbFn rb, int nt_max, const uint8_t* wp, const
 }  // namespace
 
 const char* last_error() { return g_last_error.c_str(); }
+void set_last_error(const char* msg) { g_last_error = msg; }
 const char* isa_name() { return kIsaNames[current_isa()]; }
 
 int set_isa(const char* name) {

@@ -17,6 +17,7 @@ int moe_ffn_f32(const float* x, const int64_t* ids, const float* gates, int64_t 
                 const float* w2, float* out);
 
 const char* last_error();
+void set_last_error(const char* msg);  // for the other kernels of the library
 const char* isa_name();
 int set_isa(const char* name);  // 0 ok, -1 unknown or unsupported
 

@@ -7,10 +7,11 @@ BAD = b"\x1c\x00\x00\x00ET12" + bytes(range(256)) * 16
 
 
 def test_device_lab_child_names_the_bad_program(tmp_path, tokenizer_file):
-    from device_lab.runner import Runner
-    from device_lab.backends import make_backend
-    from device_lab.submit import submit_job
     from device_lab_helpers import make_queue
+
+    from device_lab.backends import make_backend
+    from device_lab.runner import Runner
+    from device_lab.submit import submit_job
 
     q = make_queue(f"file://{tmp_path}/queue")
     pte = tmp_path / "model.pte"
@@ -23,16 +24,19 @@ def test_device_lab_child_names_the_bad_program(tmp_path, tokenizer_file):
     assert "model.pte" in result["reason"] and "ExecuTorch program" in result["reason"], result
 
 
-EMPTY_VOCAB = ('{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,'
-               '"pre_tokenizer":null,"post_processor":null,"decoder":null,'
-               '"model":{"type":"BPE","vocab":{},"merges":[]}}')
+EMPTY_VOCAB = (
+    '{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,'
+    '"pre_tokenizer":null,"post_processor":null,"decoder":null,'
+    '"model":{"type":"BPE","vocab":{},"merges":[]}}'
+)
 
 
 def _one_job(tmp_path, pte, tokenizer, bench):
+    from device_lab_helpers import make_queue
+
     from device_lab.backends import make_backend
     from device_lab.runner import Runner
     from device_lab.submit import submit_job
-    from device_lab_helpers import make_queue
 
     q = make_queue(f"file://{tmp_path}/queue")
     job = submit_job(q, pte, tokenizer, bench, backend="local-cpu")
@@ -61,7 +65,7 @@ def test_program_with_the_moe_kernel_but_no_kernel_library(tmp_path, llm_pte, to
 
     from mobilemoe_kernels import operators_in
 
-    assert operators_in(llm_pte) == ["mmoe::moe_ffn_f32"]
+    assert operators_in(llm_pte) == ["mmoe::moe_ffn_f32", "mmoe::attend_kv"]
     bench = {"prompt_lengths": [8], "decode_tokens": 2, "repeats": 1, "warmup": 0, "threads": 1}
     missing = tmp_path / "nowhere" / "libmobilemoe_kernels.so"
     os.environ["MOBILEMOE_KERNELS_LIBRARY"] = str(missing)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from export_helpers import make_checkpoint
 
 

@@ -18,6 +18,7 @@ QAT_META = {"scheme": "8da4w", "group_size": 32, "quantize_embedding": True}
 
 def _text_tokens(tokenizer: Path) -> torch.Tensor:
     from pydoc_data.topics import topics
+
     from tokenizers import Tokenizer
 
     from mobilemoe.tokens import BOS_ID
@@ -33,14 +34,21 @@ def _train(model, stream: torch.Tensor, steps: int, lr: float, gen: torch.Genera
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     for _ in range(steps):
         starts = torch.randint(0, len(stream) - 65, (8,), generator=gen)
-        x = torch.stack([stream[s:s + 65] for s in starts])
+        x = torch.stack([stream[s : s + 65] for s in starts])
         F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).backward()
         opt.step()
         opt.zero_grad()
 
 
-def make_checkpoint(folder: Path, tokenizer: Path, overrides=MINI, stage: str = "qat",
-                    seed: int = 0, pretrain_steps: int = 200, qat_steps: int = 5) -> Path:
+def make_checkpoint(
+    folder: Path,
+    tokenizer: Path,
+    overrides=MINI,
+    stage: str = "qat",
+    seed: int = 0,
+    pretrain_steps: int = 200,
+    qat_steps: int = 5,
+) -> Path:
     """A checkpoint of the smoke preset (with ``overrides``), briefly trained on CPython's
     help text (so its next-token choices are peaked and context-dependent, like a real
     model's); for ``qat``: then prepare_qat and a few more steps, as the qat stage would."""
@@ -62,3 +70,13 @@ def make_checkpoint(folder: Path, tokenizer: Path, overrides=MINI, stage: str = 
         meta = {"stage": "qat", "step": qat_steps, "qat": QAT_META}
     save_checkpoint(folder, model, meta, tokenizer=tokenizer)
     return folder
+
+
+def expected_linears(cfg) -> int:
+    """Linears each layer must run in XNNPACK: q, k, v, o; RoPE's rotate-half for q and k;
+    the router; the shared expert's gate, up, down (a dense layer: gate, up, down); plus
+    the LM head. The routed experts are the top-k kernel's, not linears."""
+    per_moe = 4 + 2 + 1 + (3 if cfg.moe.n_shared_experts else 0)
+    per_dense = 4 + 2 + 3
+    n_moe = sum(cfg.is_moe_layer(i) for i in range(cfg.n_layers))
+    return n_moe * per_moe + (cfg.n_layers - n_moe) * per_dense + 1

@@ -17,12 +17,22 @@ from mobilemoe.quant import convert_qat
 
 VARIANTS = {
     "mobilemoe": [],
-    "olmoe-like": ["model.moe.router=softmax", "model.moe.n_shared_experts=0",
-                   "model.moe.bias_update_rate=0.0", "model.moe.renormalize=false",
-                   "model.n_kv_heads=2"],
-    "dense+window": ["model.sliding_window=6", "model.global_every=2", "model.n_layers=3",
-                     "model.moe.n_dense_layers=1", "model.n_heads=4", "model.n_kv_heads=1",
-                     "model.head_dim=16"],
+    "olmoe-like": [
+        "model.moe.router=softmax",
+        "model.moe.n_shared_experts=0",
+        "model.moe.bias_update_rate=0.0",
+        "model.moe.renormalize=false",
+        "model.n_kv_heads=2",
+    ],
+    "dense+window": [
+        "model.sliding_window=6",
+        "model.global_every=2",
+        "model.n_layers=3",
+        "model.moe.n_dense_layers=1",
+        "model.n_heads=4",
+        "model.n_kv_heads=1",
+        "model.head_dim=16",
+    ],
 }
 
 
@@ -50,4 +60,6 @@ def test_export_form_equals_the_eager_model(variant, quantized):
         # A new sequence simply starts again at position 0 (stale slots are masked).
         pos = torch.arange(0, 5)
         model.reset_cache()
-        assert (program_model(tokens[:, 5:10], pos) - model(tokens[:, 5:10], input_pos=pos)).abs().max() <= 1e-4
+        assert (
+            program_model(tokens[:, 5:10], pos) - model(tokens[:, 5:10], input_pos=pos)
+        ).abs().max() <= 1e-4

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from export_helpers import expected_linears
 
 from mobilemoe.checkpoint import checkpoint_sha256
 from mobilemoe.errors import UserError
@@ -19,23 +20,28 @@ from mobilemoe.quant import load_for_inference
 from mobilemoe.tokens import BOS, chat_prompt
 
 # Portable (non-XNNPACK) operators the program may contain, and why: the embedding lookup,
-# the KV-cache writes (index_put_, in place: no write-back copy of the cache), routing
-# (topk, gather and the renormalising sum/div on [T, K]), the routed experts (mobilemoe's
-# top-k kernel), and the per-call position/mask set-up. Anything else outside XNNPACK is a regression of the
+# the KV-cache writes (index_put_, in place: no write-back copy of the cache), attention
+# over the slots each query may see (mobilemoe's attend_kv kernel), routing (topk, gather
+# and the renormalising sum/div on [T, K]), the routed experts (mobilemoe's top-k kernel),
+# and the per-call position set-up. Anything else outside XNNPACK is a regression of the
 # export form (mobilemoe/export/modules.py).
-ALLOWED_PORTABLE = {"embedding", "embedding_4bit", "index_put_", "topk", "gather",
-                    "sum", "add", "div", "mul", "sigmoid", "moe_ffn_8da4w", "moe_ffn_f32",
-                    "full_like", "_to_dim_order_copy", "unsqueeze_copy", "le", "where", "repeat"}
-
-
-def _expected_linears(cfg) -> int:
-    """Linears each layer must run in XNNPACK: q, k, v, o; RoPE's rotate-half for q and k;
-    the router; the shared expert's gate, up, down (a dense layer: gate, up, down); plus
-    the LM head. The routed experts are the top-k kernel's, not linears."""
-    per_moe = 4 + 2 + 1 + (3 if cfg.moe.n_shared_experts else 0)
-    per_dense = 4 + 2 + 3
-    n_moe = sum(cfg.is_moe_layer(i) for i in range(cfg.n_layers))
-    return n_moe * per_moe + (cfg.n_layers - n_moe) * per_dense + 1
+ALLOWED_PORTABLE = {
+    "embedding",
+    "embedding_4bit",
+    "index_put_",
+    "attend_kv",
+    "topk",
+    "gather",
+    "sum",
+    "add",
+    "div",
+    "mul",
+    "sigmoid",
+    "moe_ffn_8da4w",
+    "moe_ffn_f32",
+    "_to_dim_order_copy",
+    "unsqueeze_copy",
+}
 
 
 def test_int4_export_writes_program_tokenizer_and_report(int4_export, qat_checkpoint):
@@ -43,13 +49,21 @@ def test_int4_export_writes_program_tokenizer_and_report(int4_export, qat_checkp
     assert (out / "model.pte").stat().st_size == report["program_bytes"] > 0
     assert (out / "tokenizer.json").read_bytes() == (qat_checkpoint / "tokenizer.json").read_bytes()
     assert json.loads((out / "export_report.json").read_text()) == report
-    assert report["quantization"] == {"scheme": "8da4w", "group_size": 32, "quantize_embedding": True,
-                                      "post_training": False, "weight_scale_dtype":
-                                          "bf16 (XNNPACK linears), fp16 (MoE kernel experts)"}
+    assert report["quantization"] == {
+        "scheme": "8da4w",
+        "group_size": 32,
+        "quantize_embedding": True,
+        "post_training": False,
+        "weight_scale_dtype": "bf16 (XNNPACK linears), fp16 (MoE kernel experts)",
+    }
     # Every MoE layer runs its routed experts with the top-k kernel, none with all experts.
-    assert report["moe"] == {"moe_layers": ["layer.0"], "kernel_layers": ["layer.0"],
-                             "fallback_layers": [], "moe_fallback": False,
-                             "kernel": "mmoe::moe_ffn_8da4w"}
+    assert report["moe"] == {
+        "moe_layers": ["layer.0"],
+        "kernel_layers": ["layer.0"],
+        "fallback_layers": [],
+        "moe_fallback": False,
+        "kernel": "mmoe::moe_ffn_8da4w",
+    }
     src = report["source"]
     assert src["stage"] == "qat" and src["checkpoint_sha256"] == checkpoint_sha256(qat_checkpoint)
     meta = report["metadata"]
@@ -66,13 +80,14 @@ def test_int4_export_writes_program_tokenizer_and_report(int4_export, qat_checkp
 
 @pytest.mark.parametrize("which", ["int4", "fp32"])
 def test_linears_and_matmuls_stay_in_xnnpack(which, int4_export, fp32_export):
-    from mobilemoe.checkpoint import read_config, model_config
+    from mobilemoe.checkpoint import model_config, read_config
 
     out, report = (int4_export[0], int4_export[1]) if which == "int4" else fp32_export
     ops = report["operators"]
     cfg = model_config(read_config(report["source"]["checkpoint"]))
-    assert ops["delegated_by_op"]["linear"] == _expected_linears(cfg)
-    assert ops["delegated_by_op"]["bmm"] == 2 * cfg.n_layers  # attention scores and values
+    assert ops["delegated_by_op"]["linear"] == expected_linears(cfg)
+    # Attention is one attend_kv call per layer, reading only the slots a query may see.
+    assert ops["portable_by_op"]["attend_kv"] == cfg.n_layers and "bmm" not in ops["delegated_by_op"]
     assert not set(ops["portable_by_op"]) & set(MATMUL_OPS)
     assert set(ops["portable_by_op"]) <= ALLOWED_PORTABLE, ops["portable_by_op"]
     n_moe = sum(cfg.is_moe_layer(i) for i in range(cfg.n_layers))
@@ -80,7 +95,7 @@ def test_linears_and_matmuls_stay_in_xnnpack(which, int4_export, fp32_export):
     assert ops["portable_by_op"][kernel] == n_moe and ops["moe"]["kernel_layers"] == ["layer.0"]
     if which == "int4":  # dynamic INT8 activation quantization runs inside XNNPACK too
         fp32_linears = 2 * cfg.n_layers + n_moe  # RoPE rotate-half (q, k) and the router
-        assert ops["delegated_by_op"]["choose_qparams_affine"] == _expected_linears(cfg) - fp32_linears
+        assert ops["delegated_by_op"]["choose_qparams_affine"] == expected_linears(cfg) - fp32_linears
         assert ops["portable_by_op"]["embedding_4bit"] == 1
     # One layer: everything but routing, the routed experts' kernel and the cache writes is
     # delegated.
@@ -143,8 +158,11 @@ def test_pte_model_metadata_chunks_and_counts_runs(int4_export):
 
 def _bytes_of(tokenizer, ids) -> list[bytes]:
     """Raw bytes of each token of a byte-level BPE (GPT-2's byte <-> character table)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     table, extra = {}, 0
     for b in range(256):
         if b in printable:
@@ -157,8 +175,14 @@ def _bytes_of(tokenizer, ids) -> list[bytes]:
 
 def _as_runner_prints(pieces: list[bytes]) -> bytes:
     """ExecuTorch's runner prints each piece unless it is one unprintable byte (safe_printf)."""
-    keep = [p for p in pieces if len(p) != 1 or chr(p[0]).isprintable() and p[0] < 128 or p in
-            (b" ", b"\t", b"\n", b"\r", b"\x0b", b"\x0c")]
+    keep = [
+        p
+        for p in pieces
+        if len(p) != 1
+        or chr(p[0]).isprintable()
+        and p[0] < 128
+        or p in (b" ", b"\t", b"\n", b"\r", b"\x0b", b"\x0c")
+    ]
     return b"".join(keep)
 
 
@@ -183,9 +207,11 @@ def test_executorch_text_llm_runner_drives_the_program(int4_export, chat, capfdb
     runner = TextLLMRunner(str(out / "model.pte"), str(out / "tokenizer.json"))
     stats = []
     capfdbinary.readouterr()
-    runner.generate(prompt, GenerationConfig(max_new_tokens=16, temperature=0.0, echo=False,
-                                             num_bos=0, num_eos=0),
-                    stats_callback=lambda s: stats.append(json.loads(s.to_json_string())))
+    runner.generate(
+        prompt,
+        GenerationConfig(max_new_tokens=16, temperature=0.0, echo=False, num_bos=0, num_eos=0),
+        stats_callback=lambda s: stats.append(json.loads(s.to_json_string())),
+    )
     printed = capfdbinary.readouterr().out
     assert stats[-1]["prompt_tokens"] == len(ids)  # same tokenizer, same BOS
     expected = _as_runner_prints(_bytes_of(pte.tokenizer, [t for t in ours if t not in (2, 5)]))
@@ -255,7 +281,8 @@ def test_an_operator_without_kernel_is_named():
 
 def test_outputs_are_written_atomically(tmp_path, monkeypatch):
     """A write that fails half-way leaves the previous file whole and no temporary behind."""
-    from mobilemoe.export import pipeline
+    from mobilemoe import io
+    from mobilemoe.io import write_bytes_atomic
 
     target = tmp_path / "model.pte"
     target.write_bytes(b"previous program")
@@ -264,13 +291,13 @@ def test_outputs_are_written_atomically(tmp_path, monkeypatch):
     def broken_fsync(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(pipeline.os, "fsync", broken_fsync)
+    monkeypatch.setattr(io.os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="disk full"):
-        pipeline._write_atomic(target, b"new program" * 1000)
+        write_bytes_atomic(target, b"new program" * 1000)
     assert target.read_bytes() == b"previous program"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pte", "notes.txt"]
     monkeypatch.undo()
-    pipeline._write_atomic(target, b"new program")
+    write_bytes_atomic(target, b"new program")
     assert target.read_bytes() == b"new program"
 
 
@@ -284,20 +311,23 @@ def test_program_needs_the_kernel_library_and_says_how_to_load_it(fp32_export, t
     out, _ = fp32_export
     pte = out / "model.pte"
     env = dict(os.environ, MOBILEMOE_KERNELS_LIBRARY=str(tmp_path / "missing.so"))
-    raw = ("from executorch.extension.pybindings import _C as rt\n"
-           "import torch\n"
-           f"m = rt._load_for_executorch({str(pte)!r})\n"
-           "try:\n"
-           "    m.forward((torch.tensor([[1, 2]]), torch.arange(2)))\n"
-           "except RuntimeError as e:\n"
-           "    print('FAILED', e)\n")
+    raw = (
+        "from executorch.extension.pybindings import _C as rt\n"
+        "import torch\n"
+        f"m = rt._load_for_executorch({str(pte)!r})\n"
+        "try:\n"
+        "    m.forward((torch.tensor([[1, 2]]), torch.arange(2)))\n"
+        "except RuntimeError as e:\n"
+        "    print('FAILED', e)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", raw], capture_output=True, text=True, timeout=300)
     assert "FAILED" in proc.stdout, proc.stdout + proc.stderr
-    ours = ("from mobilemoe.cli import main\n"
-            f"raise SystemExit(main(['generate', '--pte', {str(pte)!r}, '--prompt', 'Hi', "
-            "'--max-new-tokens', '2']))\n")
-    proc = subprocess.run([sys.executable, "-c", ours], capture_output=True, text=True, env=env,
-                          timeout=300)
+    ours = (
+        "from mobilemoe.cli import main\n"
+        f"raise SystemExit(main(['generate', '--pte', {str(pte)!r}, '--prompt', 'Hi', "
+        "'--max-new-tokens', '2']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", ours], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from export_helpers import expected_linears
 
+from mobilemoe.checkpoint import model_config, read_config
 from mobilemoe.export import PteModel, export_pte
 from mobilemoe.export.parity import greedy_parity, sample_prompts
 from mobilemoe.quant import load_for_inference
@@ -18,8 +20,10 @@ def smoke_checkpoints(tmp_path_factory, tokenizer_file):
     from export_helpers import make_checkpoint
 
     root = tmp_path_factory.mktemp("smoke")
-    return (make_checkpoint(root / "qat", tokenizer_file, overrides=[]),
-            make_checkpoint(root / "sft", tokenizer_file, overrides=[], stage="sft", seed=1))
+    return (
+        make_checkpoint(root / "qat", tokenizer_file, overrides=[]),
+        make_checkpoint(root / "sft", tokenizer_file, overrides=[], stage="sft", seed=1),
+    )
 
 
 def test_smoke_int4_and_fp32_programs_match_their_eager_models(smoke_checkpoints, tmp_path):
@@ -29,8 +33,10 @@ def test_smoke_int4_and_fp32_programs_match_their_eager_models(smoke_checkpoints
         report = export_pte(ckpt, out, quantize=quantize)
         assert report["parity"]["passed"], report["parity"]
         ops = report["operators"]
-        assert ops["delegated_by_op"]["linear"] == 2 * 14 + 1
+        cfg = model_config(read_config(ckpt))
+        assert ops["delegated_by_op"]["linear"] == expected_linears(cfg)
         assert not {"linear", "mm", "bmm", "addmm"} & set(ops["portable_by_op"])
+        assert ops["portable_by_op"]["attend_kv"] == cfg.n_layers
         model, _ = load_for_inference(ckpt)
         pte = PteModel(out / "model.pte")
         result = greedy_parity(model, pte, sample_prompts(pte.tokenizer, 5), 32, quantize)

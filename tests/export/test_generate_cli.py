@@ -32,7 +32,7 @@ def test_greedy_kv_cache_decode_equals_recomputing_the_whole_sequence(sft):
         seq = list(ids)
         for _ in range(12):
             seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
-    assert seq[len(ids):] == new
+    assert seq[len(ids) :] == new
 
 
 def test_stop_ids_max_tokens_and_context(sft):
@@ -73,15 +73,41 @@ def test_decode_drops_the_stop_token(sft):
 def test_generate_command_with_a_checkpoint_uses_the_chat_template(qat_checkpoint, capsys):
     from mobilemoe.data.tokenizer import load_tokenizer
 
-    assert main(["generate", "--checkpoint", str(qat_checkpoint), "--prompt", "What is a list?",
-                 "--max-new-tokens", "12"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--checkpoint",
+                str(qat_checkpoint),
+                "--prompt",
+                "What is a list?",
+                "--max-new-tokens",
+                "12",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out.rstrip("\n")
     model, _ = load_for_inference(qat_checkpoint)  # the converted INT4 model
     tok = load_tokenizer(qat_checkpoint / "tokenizer.json")
     ids = [BOS_ID, *tok.encode(chat_prompt("What is a list?"), add_special_tokens=False).ids]
     assert printed == decode_new(tok, generate_ids(model, ids, 12)) and printed
-    assert main(["generate", "--checkpoint", str(qat_checkpoint), "--prompt", "What is a list?",
-                 "--max-new-tokens", "12", "--no-chat", "--fp32"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--checkpoint",
+                str(qat_checkpoint),
+                "--prompt",
+                "What is a list?",
+                "--max-new-tokens",
+                "12",
+                "--no-chat",
+                "--fp32",
+            ]
+        )
+        == 0
+    )
     fp, _ = load_for_inference(qat_checkpoint, quantized=False)
     plain = encode_prompt(tok, "What is a list?", chat=False)
     assert capsys.readouterr().out.rstrip("\n") == decode_new(tok, generate_ids(fp, plain, 12))
@@ -89,8 +115,20 @@ def test_generate_command_with_a_checkpoint_uses_the_chat_template(qat_checkpoin
 
 def test_generate_command_with_a_program(int4_export, capsys):
     out, _, _ = int4_export
-    assert main(["generate", "--pte", str(out / "model.pte"), "--prompt", "What is a list?",
-                 "--max-new-tokens", "12"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--pte",
+                str(out / "model.pte"),
+                "--prompt",
+                "What is a list?",
+                "--max-new-tokens",
+                "12",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out.rstrip("\n")
     pte = PteModel(out / "model.pte")
     assert pte.use_chat_template  # exported from a qat checkpoint

@@ -37,7 +37,8 @@ def raw_8da4w(lib, x, ids, gates, pk):
     H = pk["w13_packed"].shape[1] * 8
     out = torch.full((T, D), float("nan"))
     ts = [x.contiguous(), ids.contiguous(), gates.contiguous()] + [
-        pk[k].contiguous() for k in ("w13_packed", "w13_scales", "w13_corr", "w2_packed", "w2_scales", "w2_corr")
+        pk[k].contiguous()
+        for k in ("w13_packed", "w13_scales", "w13_corr", "w2_packed", "w2_scales", "w2_corr")
     ]
     rc = lib.mmoe_moe_ffn_8da4w_raw(
         _p(ts[0]), _p(ts[1]), _p(ts[2]), T, K, E, D, H, *[_p(t) for t in ts[3:]], _p(out)
@@ -51,15 +52,17 @@ def raw_f32(lib, x, ids, gates, w13, w2):
     E, H2, _ = w13.shape
     out = torch.full((T, D), float("nan"))
     ts = [x.contiguous(), ids.contiguous(), gates.contiguous(), w13.contiguous(), w2.contiguous()]
-    rc = lib.mmoe_moe_ffn_f32_raw(*[_p(t) for t in ts[:3]], T, K, E, D, H2 // 2, _p(ts[3]), _p(ts[4]), _p(out))
+    rc = lib.mmoe_moe_ffn_f32_raw(
+        *[_p(t) for t in ts[:3]], T, K, E, D, H2 // 2, _p(ts[3]), _p(ts[4]), _p(out)
+    )
     return rc, out
 
 
 def close(out, ref, flips_ok=False):
     """max|out - ref| <= 1e-4 max|ref| + 1e-5 (float summation order). With flips_ok (8da4w),
-    up to 2% of elements (rows of pairs whose h had a flip) may be off by at most 3e-3 max|ref|: the hidden activation h is
-    computed in a different float order than torch's matmul, and a value within an ulp of an
-    INT8 rounding boundary then quantizes one step apart (one step = max|h|/255)."""
+    up to 2% of elements (rows of pairs whose h had a flip) may be off by at most 3e-3 max|ref|:
+    the hidden activation h is computed in a different float order than torch's matmul, and a
+    value within an ulp of an INT8 rounding boundary then quantizes one step apart (one step = max|h|/255)."""
     tol = 1e-4 * float(ref.abs().max()) + 1e-5
     err = (out - ref).abs()
     if not flips_ok:

@@ -9,10 +9,10 @@ import textwrap
 
 import pytest
 import torch
+from helpers_kernels import close, make_inputs, make_weights
 
 import mobilemoe_kernels
 import mobilemoe_kernels.ops  # noqa: F401
-from helpers_kernels import close, make_inputs, make_weights
 
 NAMES = ("w13_packed", "w13_scales", "w13_corr", "w2_packed", "w2_scales", "w2_corr")
 E, D, H, K = 4, 64, 32, 2
@@ -131,7 +131,7 @@ def test_pte_without_library_fails_clearly(programs):
 def test_load_is_idempotent_and_guarded(monkeypatch):
     p = mobilemoe_kernels.load()
     assert mobilemoe_kernels.load() == p and mobilemoe_kernels.is_loaded()
-    assert mobilemoe_kernels.OPERATORS == ("mmoe::moe_ffn_8da4w", "mmoe::moe_ffn_f32")
+    assert mobilemoe_kernels.OPERATORS == ("mmoe::moe_ffn_8da4w", "mmoe::moe_ffn_f32", "mmoe::attend_kv")
 
 
 def test_missing_library_error(tmp_path):
@@ -153,6 +153,8 @@ def test_missing_library_error(tmp_path):
 def test_import_is_cheap():
     res = subprocess.run(
         [sys.executable, "-c", "import sys, mobilemoe_kernels; print('torch' in sys.modules)"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert res.stdout.strip() == "False", res.stdout + res.stderr

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers_kernels import close, make_inputs, make_weights, raw_8da4w, raw_f32
 
 import mobilemoe_kernels
-from helpers_kernels import close, make_inputs, make_weights, raw_8da4w, raw_f32
 from mobilemoe_kernels.reference import moe_ffn_8da4w_reference, moe_ffn_f32_reference
 
 NAMES = ("w13_packed", "w13_scales", "w13_corr", "w2_packed", "w2_scales", "w2_corr")

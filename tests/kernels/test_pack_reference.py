@@ -68,8 +68,12 @@ def test_widths_rejected():
         pack_int4(torch.zeros(8, 32, dtype=torch.int8), torch.ones(8, 1, dtype=torch.float16))
     q = torch.zeros(1, 2 * 48, 64, dtype=torch.int8)
     with pytest.raises(ValueError, match="H"):
-        pack_experts(q, torch.ones(1, 96, 2, dtype=torch.float16), torch.zeros(1, 64, 48, dtype=torch.int8),
-                     torch.ones(1, 64, 1, dtype=torch.float16))
+        pack_experts(
+            q,
+            torch.ones(1, 96, 2, dtype=torch.float16),
+            torch.zeros(1, 64, 48, dtype=torch.int8),
+            torch.ones(1, 64, 1, dtype=torch.float16),
+        )
 
 
 def _rows():
