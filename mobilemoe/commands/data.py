@@ -1,11 +1,11 @@
 """``mobilemoe data ...``: run and inspect the data curation (DVC stages).
 
-    mobilemoe data curate            # dvc repro (only what changed reruns)
-    mobilemoe data stats [--json]    # the headline numbers of data/stats.json
-    mobilemoe data version           # output path -> md5 from dvc.lock (lineage)
-    mobilemoe data evalsets [--json] # the evaluation sets, their licences and lm-eval tasks
-    mobilemoe data remote [--store-credentials]   # .dvc/config from data.remote (+ env)
-    mobilemoe data push              # dvc push to that remote
+mobilemoe data curate            # dvc repro (only what changed reruns)
+mobilemoe data stats [--json]    # the headline numbers of data/stats.json
+mobilemoe data version           # output path -> md5 from dvc.lock (lineage)
+mobilemoe data evalsets [--json] # the evaluation sets, their licences and lm-eval tasks
+mobilemoe data remote [--store-credentials]   # .dvc/config from data.remote (+ env)
+mobilemoe data push              # dvc push to that remote
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ def add_parser(sub) -> None:
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=run_evalsets)
     q = dsub.add_parser("remote", help="configure the DVC remote from data.remote and the env")
-    q.add_argument("--store-credentials", action="store_true",
-                   help="copy AWS_* keys from the env into .dvc/config.local (git-ignored)")
+    q.add_argument(
+        "--store-credentials",
+        action="store_true",
+        help="copy AWS_* keys from the env into .dvc/config.local (git-ignored)",
+    )
     q.set_defaults(func=run_remote)
     q = dsub.add_parser("push", help="dvc push the data to the configured remote")
     q.add_argument("--remote", help="remote name (default: the configured default)")
@@ -48,10 +51,13 @@ def run_curate(args) -> int:
 def _print_headline(h: dict) -> None:
     if not h:
         return
-    print(f"pre-training text: {h.get('pretrain_clean_bytes', 0) / 1e6:.2f} MB in "
-          f"{h.get('pretrain_clean_docs')} documents; SFT pairs: {h.get('sft_pairs')}; "
-          f"decontamination dropped {h.get('decontam_dropped')} documents "
-          f"(against {h.get('eval_sets')} evaluation sets)")
+    print(
+        f"pre-training text: {h.get('pretrain_clean_bytes', 0) / 1e6:.2f} MB in "
+        f"{h.get('pretrain_clean_docs')} documents; SFT pairs: {h.get('sft_pairs')}; "
+        f"decontamination dropped {h.get('decontam_dropped')} texts "
+        f"({''.join(f'{k} {v}, ' for k, v in (h.get('decontam_dropped_by_split') or {}).items())}"
+        f"against {h.get('eval_sets')} evaluation sets)"
+    )
     for mix, splits in (h.get("tokens") or {}).items():
         print(f"  {mix:<9} " + ", ".join(f"{s} {n:,} tokens" for s, n in splits.items()))
 
@@ -78,10 +84,16 @@ def run_stats(args) -> int:
             f = filters[name]
             print(f"  {name:<16} {f['kept']:>7} / {f['dropped']:<7} {f['dropped_bytes'] / 1e6:8.3f}")
     for name, s in ((stats.get("sources") or {}).get("sources") or {}).items():
-        skipped = {k: s[k] for k in ("invalid_utf8", "empty", "too_large", "malformed",
-                                     "missing_field", "over_cap") if s.get(k)}
-        print(f"source {name}: {s['kept']} records, {s['kept_bytes'] / 1e6:.2f} MB"
-              + (f", skipped {skipped}" if skipped else "") + "".join(f"; {n}" for n in s["notes"]))
+        skipped = {
+            k: s[k]
+            for k in ("invalid_utf8", "empty", "too_large", "malformed", "missing_field", "over_cap")
+            if s.get(k)
+        }
+        print(
+            f"source {name}: {s['kept']} records, {s['kept_bytes'] / 1e6:.2f} MB"
+            + (f", skipped {skipped}" if skipped else "")
+            + "".join(f"; {n}" for n in s["notes"])
+        )
     return 0
 
 
@@ -101,7 +113,8 @@ def run_evalsets(args) -> int:
         print(json.dumps([s.to_dict() for s in sets], indent=1))
         return 0
     for s in sets:
-        tasks = ",".join(s.lm_eval_tasks[:1]) + (f"+{len(s.lm_eval_tasks) - 1}" if len(s.lm_eval_tasks) > 1 else "")
+        more = len(s.lm_eval_tasks) - 1
+        tasks = ",".join(s.lm_eval_tasks[:1]) + (f"+{more}" if more > 0 else "")
         print(f"{s.name:<38} {s.split:<10} {s.licence[:28]:<28} {tasks or '-'}")
     return 0
 
@@ -112,8 +125,11 @@ def run_remote(args) -> int:
 
     root = project_root()
     r = configure_remote(root, load_params(root / "params.yaml").data.remote, args.store_credentials)
-    print(f"DVC remote {r['name']!r} -> {r['url']}"
-          + (f" (endpoint {r['endpoint_url']})" if r.get("endpoint_url") else "") + ", the default")
+    print(
+        f"DVC remote {r['name']!r} -> {r['url']}"
+        + (f" (endpoint {r['endpoint_url']})" if r.get("endpoint_url") else "")
+        + ", the default"
+    )
     return 0
 
 

@@ -37,9 +37,11 @@ def _root(root, params_path) -> Path:
         root = project_root()
     root = Path(root).resolve()
     if params_path is not None and Path(params_path).resolve() != root / "params.yaml":
-        raise DataError(f"{params_path}: DVC reads the project's params.yaml ({root / 'params.yaml'}); "
-                        "make this file that one (`mobilemoe use-preset NAME`, or copy it) or pass "
-                        "root= the folder that holds it")
+        raise DataError(
+            f"{params_path}: DVC reads the project's params.yaml ({root / 'params.yaml'}); "
+            "make this file that one (`mobilemoe use-preset NAME`, or copy it) or pass "
+            "root= the folder that holds it"
+        )
     return root
 
 
@@ -66,8 +68,9 @@ def curate(root: str | os.PathLike | None = None, params_path: str | os.PathLike
         with contextlib.chdir(root), Repo(str(root)) as repo:
             ran = repo.reproduce()
     except DvcException as e:
-        raise DataError(f"dvc repro in {root} failed: {e} (the failing stage's own error is "
-                        "printed above it)") from None
+        raise DataError(
+            f"dvc repro in {root} failed: {e} (the failing stage's own error is printed above it)"
+        ) from None
     paths = data_paths(params, root)
     stats = read_json(paths.stats) if paths.stats.exists() else {}
     return {
@@ -76,8 +79,13 @@ def curate(root: str | os.PathLike | None = None, params_path: str | os.PathLike
         "stats": stats,
         "stats_path": str(paths.stats),
         "data_version": data_version(root),
-        "paths": {"tokenizer": str(paths.tokenizer), "pretrain": str(paths.pretrain),
-                  "midtrain": str(paths.midtrain), "sft": str(paths.sft), "stats": str(paths.stats)},
+        "paths": {
+            "tokenizer": str(paths.tokenizer),
+            "pretrain": str(paths.pretrain),
+            "midtrain": str(paths.midtrain),
+            "sft": str(paths.sft),
+            "stats": str(paths.stats),
+        },
     }
 
 

@@ -5,10 +5,10 @@
     for piece in chunk(text, 4000): reason = check_quality(piece, cfg.clean)  # None = keep
 
 The filters are cheap heuristics in the spirit of Gopher's quality rules (Rae et al. 2021;
-PAPER.md is silent on the paper's own): length, long lines, a character/language check
-(letters, Latin script, English function words) and repetition (duplicated lines, the top
-word bigram, words inside repeated 5-grams). ``check_quality`` names the first rule a
-text fails, so the stats can count drops per filter.
+the paper gives none, docs/paper.md#what-the-paper-leaves-open): length, long lines, a
+character/language check (letters, Latin script, English function words) and repetition
+(duplicated lines, the top word bigram, words inside repeated 5-grams). ``check_quality``
+names the first rule a text fails, so the stats can count drops per filter.
 """
 
 from __future__ import annotations
@@ -16,19 +16,22 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
+from typing import Literal
 
 from ..config.data import CleanConfig
 from .hashing import words_of
 
 # Frequent English function words; a text with almost none of them is not English prose.
-STOPWORDS = frozenset("""
+STOPWORDS = frozenset(
+    """
 a about above after again against all also am an and any are as at be because been before
 being below between both but by can could did do does doing down during each few for from
 further had has have having he her here hers him his how i if in into is it its itself just
 me more most my no nor not now of off on once only or other our out over own same she should
 so some such than that the their them then there these they this those through to too under
 until up very was we were what when where which while who whom why will with would you your
-""".split())
+""".split()
+)
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\ufeff]")
 _OVERSTRIKE = re.compile(r".\x08")  # "X\bX" (bold in man pages/fortunes) -> "X"
@@ -37,7 +40,7 @@ _MANY_BLANKS = re.compile(r"\n{3,}")
 _PARA = re.compile(r"\n\s*\n")
 
 
-def normalize(text: str, form: str = "NFC") -> str:
+def normalize(text: str, form: Literal["NFC", "NFKC"] = "NFC") -> str:
     """Unicode normal form, no control characters, ``\\n`` newlines, tidy blank lines."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if "\x08" in text:
@@ -54,7 +57,9 @@ def chunk(text: str, max_chars: int) -> list[str]:
     (a paragraph longer than that stays whole; the line filter judges it)."""
     if len(text) <= max_chars:
         return [text]
-    pieces, cur, size = [], [], 0
+    pieces: list[str] = []
+    cur: list[str] = []
+    size = 0
     for para in _PARA.split(text):
         if cur and size + len(para) + 2 > max_chars:
             pieces.append("\n\n".join(cur))
@@ -113,7 +118,7 @@ def check_quality(text: str, cfg: CleanConfig, min_chars: int | None = None) -> 
         covered = bytearray(len(words))
         for i in range(len(words) - 4):
             if grams[(words[i], words[i + 1], words[i + 2], words[i + 3], words[i + 4])] > 1:
-                covered[i:i + 5] = b"\x01\x01\x01\x01\x01"
+                covered[i : i + 5] = b"\x01\x01\x01\x01\x01"
         dup = sum(len(w) for w, c in zip(words, covered) if c)
         if dup > cfg.max_dup_5gram_fraction * word_chars:
             return "dup_5grams"

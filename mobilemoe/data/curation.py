@@ -21,8 +21,18 @@ from .clean import check_quality, chunk, normalize, quality_score
 from .dedup import MinHashLSH, exact_duplicates, exact_key
 from .io import FilterStats, nbytes
 
-QUALITY_FILTERS = ("empty", "min_chars", "max_line_chars", "min_words", "alpha_fraction",
-                   "non_latin", "stopwords", "dup_lines", "top_bigram", "dup_5grams")
+QUALITY_FILTERS = (
+    "empty",
+    "min_chars",
+    "max_line_chars",
+    "min_words",
+    "alpha_fraction",
+    "non_latin",
+    "stopwords",
+    "dup_lines",
+    "top_bigram",
+    "dup_5grams",
+)
 
 
 def _by_source(docs: list[dict]) -> dict[str, dict[str, int]]:
@@ -67,9 +77,16 @@ def clean_pretrain(records: Iterable[dict], cfg: DataConfig, index=None) -> tupl
                     break
                 stats.keep(name, b)
             if reason is None:
-                docs.append({"id": rec["id"] if len(pieces) == 1 else f"{rec['id']}#{k}",
-                             "doc": rec["id"], "text": piece, "source": rec["source"],
-                             "licence": rec["licence"], "bytes": b})
+                docs.append(
+                    {
+                        "id": rec["id"] if len(pieces) == 1 else f"{rec['id']}#{k}",
+                        "doc": rec["id"],
+                        "text": piece,
+                        "source": rec["source"],
+                        "licence": rec["licence"],
+                        "bytes": b,
+                    }
+                )
     timings["normalize_filter_s"] = time.perf_counter() - t0
     t = time.perf_counter()
     if cfg.dedup.exact:
@@ -88,11 +105,14 @@ def clean_pretrain(records: Iterable[dict], cfg: DataConfig, index=None) -> tupl
     for x in docs:
         x["quality"] = quality_score(x["text"])
     out_bytes = sum(x["bytes"] for x in docs)
-    summary = {"input": {"docs": in_docs, "bytes": in_bytes},
-               "output": {"docs": len(docs), "bytes": out_bytes},
-               "filters": stats.to_dict(), "filter_order": list(stats.filters),
-               "by_source": _by_source(docs),
-               "timings_s": {k: round(v, 3) for k, v in timings.items()}}
+    summary = {
+        "input": {"docs": in_docs, "bytes": in_bytes},
+        "output": {"docs": len(docs), "bytes": out_bytes},
+        "filters": stats.to_dict(),
+        "filter_order": list(stats.filters),
+        "by_source": _by_source(docs),
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+    }
     return docs, summary
 
 
@@ -115,9 +135,16 @@ def clean_sft(records: Iterable[dict], cfg: DataConfig, index=None) -> tuple[lis
             stats.drop("sft_max_chars", b)
             continue
         stats.keep("sft_max_chars", b)
-        pairs.append({"id": rec["id"], "prompt": prompt, "response": response,
-                      "source": rec["source"], "licence": rec["licence"],
-                      "bytes": nbytes(prompt) + nbytes(response)})
+        pairs.append(
+            {
+                "id": rec["id"],
+                "prompt": prompt,
+                "response": response,
+                "source": rec["source"],
+                "licence": rec["licence"],
+                "bytes": nbytes(prompt) + nbytes(response),
+            }
+        )
     if cfg.dedup.exact:
         seen: set[tuple[bytes, bytes]] = set()
         dup = []
@@ -129,9 +156,11 @@ def clean_sft(records: Iterable[dict], cfg: DataConfig, index=None) -> tuple[lis
     if index is not None and pairs:
         hits = index.contaminated([f"{p['prompt']}\n{p['response']}" for p in pairs])
         pairs = _apply(pairs, hits, "decontam", stats)
-    summary = {"input": {"docs": in_docs, "bytes": in_bytes},
-               "output": {"docs": len(pairs), "bytes": sum(p["bytes"] for p in pairs)},
-               "filters": stats.to_dict(), "filter_order": list(stats.filters),
-               "by_source": _by_source(pairs)}
+    summary = {
+        "input": {"docs": in_docs, "bytes": in_bytes},
+        "output": {"docs": len(pairs), "bytes": sum(p["bytes"] for p in pairs)},
+        "filters": stats.to_dict(),
+        "filter_order": list(stats.filters),
+        "by_source": _by_source(pairs),
+    }
     return pairs, summary
-

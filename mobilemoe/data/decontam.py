@@ -16,22 +16,28 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
 from .hashing import WordHasher, ngram_hashes, sorted_unique
 
-
 _BATCH_CHARS = 4_000_000  # ~700k words per hashing batch (~100 MB of temporaries)
 
 
 class EvalNgramIndex:
-    def __init__(self, tables: dict[int, np.ndarray], ngram: int, min_words: int,
-                 eval_sets: list[str], passages: int = 0):
+    def __init__(
+        self,
+        tables: dict[int, np.ndarray],
+        ngram: int,
+        min_words: int,
+        eval_sets: list[str],
+        passages: int = 0,
+    ):
         # sorted and unique (np.unique), which the lookup's searchsorted needs
-        self.tables = {n: t if _is_sorted_unique(t) else sorted_unique(t)
-                       for n, t in tables.items() if len(t)}
+        self.tables = {
+            n: t if _is_sorted_unique(t) else sorted_unique(t) for n, t in tables.items() if len(t)
+        }
         self.ngram, self.min_words = ngram, min_words
         self.eval_sets = list(eval_sets)
         self.passages = passages
@@ -65,24 +71,36 @@ class EvalNgramIndex:
                     flush()
                     batch_chars = 0
         flush()
-        tables = {n: sorted_unique(np.concatenate(p)) if p else np.zeros(0, np.uint64)
-                  for n, p in parts.items()}
+        tables = {
+            n: sorted_unique(np.concatenate(p)) if p else np.zeros(0, np.uint64) for n, p in parts.items()
+        }
         return cls(tables, ngram, min_words, names, passages=len(seen))
 
     def save(self, path: str | os.PathLike) -> None:
         from .io import atomic_open
 
         with atomic_open(path, "wb") as f:
-            np.savez(f, ngram=self.ngram, min_words=self.min_words, passages=self.passages,
-                     eval_sets=np.array(self.eval_sets, dtype=str),
-                     **{f"n{n}": t for n, t in self.tables.items()})
+            arrays: dict[str, Any] = {f"n{n}": t for n, t in self.tables.items()}
+            np.savez(
+                f,
+                ngram=self.ngram,
+                min_words=self.min_words,
+                passages=self.passages,
+                eval_sets=np.array(self.eval_sets, dtype=str),
+                **arrays,
+            )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "EvalNgramIndex":
         with np.load(Path(path)) as z:
             tables = {int(k[1:]): z[k] for k in z.files if k.startswith("n") and k[1:].isdigit()}
-            return cls(tables, int(z["ngram"]), int(z["min_words"]), [str(s) for s in z["eval_sets"]],
-                       int(z["passages"]))
+            return cls(
+                tables,
+                int(z["ngram"]),
+                int(z["min_words"]),
+                [str(s) for s in z["eval_sets"]],
+                int(z["passages"]),
+            )
 
     @property
     def size(self) -> int:
@@ -125,7 +143,6 @@ def _grams_within(hashes: list[np.ndarray], lengths: list[int], whole_below: int
     """The index tables: every ``whole_below``-gram of each sequence, and each shorter
     sequence (of a length in ``lengths``) whole."""
     sizes = np.array([len(h) for h in hashes], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     tables = {}
     for n, (g, owner) in _all_grams(hashes, lengths).items():
         if n == whole_below:

@@ -12,7 +12,7 @@ band become candidates, and a candidate is a duplicate when the share of equal s
 entries (an estimate of the shingle-set Jaccard similarity) reaches ``threshold``. Texts
 linked this way form clusters (union-find); the earliest text of each cluster is kept.
 
-Why these numbers (our choices; PAPER.md is silent): a copy with ~5% of its words changed
+Why these numbers (our choices; the paper is silent): a copy with ~5% of its words changed
 keeps ~0.95^5 = 77% of its 5-gram shingles, Jaccard ~0.63; with 32 bands of 4 rows a pair
 at J = 0.63 becomes a candidate with probability 1 - (1 - 0.63^4)^32 > 0.99, and the
 estimate (s.d. ~0.04 at 128 permutations) clears 0.5. Unrelated texts share almost no
@@ -65,8 +65,15 @@ class _UnionFind:
 
 
 class MinHashLSH:
-    def __init__(self, num_perm: int = 128, bands: int = 32, shingle_words: int = 5,
-                 threshold: float = 0.5, seed: int = 0, batch_shingles: int = 1 << 20):
+    def __init__(
+        self,
+        num_perm: int = 128,
+        bands: int = 32,
+        shingle_words: int = 5,
+        threshold: float = 0.5,
+        seed: int = 0,
+        batch_shingles: int = 1 << 20,
+    ):
         if num_perm % bands:
             raise ValueError("bands must divide num_perm")
         self.num_perm, self.bands, self.rows = num_perm, bands, num_perm // bands
@@ -116,7 +123,7 @@ class MinHashLSH:
             sig = self.signatures(texts)
         uf = _UnionFind(n)
         for band in range(self.bands):
-            cols = np.ascontiguousarray(sig[:, band * self.rows:(band + 1) * self.rows])
+            cols = np.ascontiguousarray(sig[:, band * self.rows : (band + 1) * self.rows])
             keys = cols.view(np.dtype((np.void, cols.dtype.itemsize * self.rows))).ravel()
             order = np.argsort(keys, kind="stable")
             sk = keys[order]

@@ -62,15 +62,10 @@ def ngram_hashes(word_h: np.ndarray, lengths: list[int]) -> dict[int, np.ndarray
                 if m <= 0:
                     acc = acc[:0]
                 else:
-                    acc = acc[:m] * _P + word_h[n - 1:]
+                    acc = acc[:m] * _P + word_h[n - 1 :]
             if n in lengths:
                 out[n] = acc.copy()
     return out
-
-
-def whole_hash(word_h: np.ndarray) -> np.uint64:
-    """The hash of the whole sequence as one n-gram (n = its length)."""
-    return ngram_hashes(word_h, [len(word_h)])[len(word_h)][0]
 
 
 def sorted_unique(a: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Small I/O helpers of the curation stages: atomic writes, JSONL, per-filter stats.
+"""Small I/O helpers of the curation stages: JSON(L) written atomically, per-filter stats.
 
 Every stage output is written to a temporary name beside its target, flushed, fsynced and
 renamed, so an interrupted stage never leaves a file a later stage would take as valid.
@@ -6,29 +6,11 @@ renamed, so an interrupted stage never leaves a file a later stage would take as
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
-    """Open ``path.tmp-PID`` for writing; on success rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    kwargs = {"encoding": encoding} if "b" not in mode else {}
-    try:
-        with open(tmp, mode, **kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+from ..io import atomic_open  # noqa: F401  (the one atomic writer; re-exported here)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
@@ -66,8 +48,7 @@ class FilterStats:
         self.filters: dict[str, dict[str, int]] = {}
 
     def _entry(self, name: str) -> dict[str, int]:
-        return self.filters.setdefault(
-            name, {"kept": 0, "dropped": 0, "kept_bytes": 0, "dropped_bytes": 0})
+        return self.filters.setdefault(name, {"kept": 0, "dropped": 0, "kept_bytes": 0, "dropped_bytes": 0})
 
     def keep(self, name: str, nbytes: int) -> None:
         e = self._entry(name)

@@ -47,8 +47,9 @@ def _encode_docs(tok, texts: list[str]) -> list[np.ndarray]:
     return out
 
 
-def _write_mix(folder, vocab_size: int, splits: dict[str, list[dict]], tok, meta: dict,
-               masks: bool = False) -> dict:
+def _write_mix(
+    folder, vocab_size: int, splits: dict[str, list[dict]], tok, meta: dict, masks: bool = False
+) -> dict:
     writer = ShardWriter(folder, vocab_size)
     mix: dict[str, dict] = {}
     for split, items in splits.items():
@@ -84,26 +85,25 @@ def select_midtrain(docs: list[dict], fraction: float) -> list[dict]:
     return ranked[: max(1, round(fraction * len(ranked)))] if ranked else []
 
 
-def build_mixes(docs: list[dict], pairs: list[dict], tok, tokenizer_sha256: str,
-                cfg: DataConfig, paths) -> dict:
+def build_mixes(
+    docs: list[dict], pairs: list[dict], tok, tokenizer_sha256: str, cfg: DataConfig, paths
+) -> dict:
     vocab = tok.get_vocab_size()
     rng = random.Random(cfg.seed)
-    split = {"train": [], "val": []}
+    split: dict[str, list[dict]] = {"train": [], "val": []}
     for d in docs:
         split["val" if is_val(d["id"], cfg.val_fraction, cfg.seed) else "train"].append(d)
     for s in split.values():
         rng.shuffle(s)
-    sft = {"train": [], "val": []}
+    sft: dict[str, list[dict]] = {"train": [], "val": []}
     for p in pairs:
         sft["val" if is_val(p["id"], cfg.val_fraction, cfg.seed) else "train"].append(p)
     for s in sft.values():
         rng.shuffle(s)
-    common = {"tokenizer_sha256": tokenizer_sha256, "seed": cfg.seed,
-              "val_fraction": cfg.val_fraction}
+    common = {"tokenizer_sha256": tokenizer_sha256, "seed": cfg.seed, "val_fraction": cfg.val_fraction}
 
     summary = {}
-    summary["pretrain"] = _write_mix(paths.pretrain, vocab, split, tok,
-                                     {**common, "mix": "pretrain"})
+    summary["pretrain"] = _write_mix(paths.pretrain, vocab, split, tok, {**common, "mix": "pretrain"})
 
     m = cfg.midtrain
     mid = {}
@@ -114,13 +114,22 @@ def build_mixes(docs: list[dict], pairs: list[dict], tok, tokenizer_sha256: str,
             n = min(len(sft[name]), round(m.sft_fraction * len(chosen) / (1 - m.sft_fraction)))
             for p in rng.sample(sft[name], n):
                 prompt, completion = format_chat(p["prompt"], p["response"])
-                chosen.append({"text": prompt + completion, "source": p["source"],
-                               "licence": p["licence"]})
+                chosen.append({"text": prompt + completion, "source": p["source"], "licence": p["licence"]})
         rng.shuffle(chosen)
         mid[name] = chosen
-    summary["midtrain"] = _write_mix(paths.midtrain, vocab, mid, tok, {
-        **common, "mix": "midtrain", "quality_fraction": m.quality_fraction,
-        "source_weights": dict(m.source_weights), "sft_fraction": m.sft_fraction})
+    summary["midtrain"] = _write_mix(
+        paths.midtrain,
+        vocab,
+        mid,
+        tok,
+        {
+            **common,
+            "mix": "midtrain",
+            "quality_fraction": m.quality_fraction,
+            "source_weights": dict(m.source_weights),
+            "sft_fraction": m.sft_fraction,
+        },
+    )
 
     summary["sft"] = _write_mix(paths.sft, vocab, sft, tok, {**common, "mix": "sft"}, masks=True)
     return summary

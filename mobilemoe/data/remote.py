@@ -38,19 +38,24 @@ def resolve_remote(root: Path, cfg: RemoteConfig, env=os.environ) -> dict:
     if _SCHEME.match(url):
         kind = url.split("://", 1)[0]
         if kind != "s3":
-            raise RemoteError(f"data.remote.url: {url!r}: only local folders and s3:// remotes "
-                              "are set up here (others: `dvc remote add` by hand)")
+            raise RemoteError(
+                f"data.remote.url: {url!r}: only local folders and s3:// remotes "
+                "are set up here (others: `dvc remote add` by hand)"
+            )
         if "@" in url.split("://", 1)[1].split("/", 1)[0]:
-            raise RemoteError("data.remote.url: must not carry credentials (user:key@...); "
-                              "give them as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+            raise RemoteError(
+                "data.remote.url: must not carry credentials (user:key@...); "
+                "give them as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+            )
     else:
         kind = "local"
         url = str((root / url).resolve()) if not os.path.isabs(url) else url
     return {"name": cfg.name, "url": url, "endpoint_url": endpoint, "kind": kind}
 
 
-def configure_remote(root: str | os.PathLike, cfg: RemoteConfig, store_credentials: bool = False,
-                     env=os.environ) -> dict:
+def configure_remote(
+    root: str | os.PathLike, cfg: RemoteConfig, store_credentials: bool = False, env=os.environ
+) -> dict:
     """Make ``cfg`` the project's default DVC remote; returns what was configured (no secrets)."""
     from dvc.config_schema import RelPath
     from dvc.repo import Repo
@@ -71,8 +76,10 @@ def configure_remote(root: str | os.PathLike, cfg: RemoteConfig, store_credentia
         if store_credentials and r["kind"] == "s3":
             key, secret = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
             if not key or not secret:
-                raise RemoteError("store_credentials: set AWS_ACCESS_KEY_ID and "
-                                  "AWS_SECRET_ACCESS_KEY in the environment first")
+                raise RemoteError(
+                    "store_credentials: set AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY in the environment first"
+                )
             with repo.config.edit("local") as conf:  # .dvc/config.local, git-ignored
                 conf["remote"][r["name"]] = {"access_key_id": key, "secret_access_key": secret}
     return {k: v for k, v in r.items()}
@@ -87,8 +94,10 @@ def push(root: str | os.PathLike, remote: str | None = None) -> int:
         with contextlib.chdir(Path(root).resolve()), Repo(".") as repo:
             return int(repo.push(remote=remote) or 0)
     except DvcException as e:
-        raise RemoteError(f"dvc push failed: {e} (configure the remote with `mobilemoe data "
-                          "remote`; for S3 set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)") from None
+        raise RemoteError(
+            f"dvc push failed: {e} (configure the remote with `mobilemoe data "
+            "remote`; for S3 set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+        ) from None
 
 
 def pull(root: str | os.PathLike, remote: str | None = None) -> int:

@@ -26,6 +26,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from ..errors import UserError
+from ..io import atomic_open, write_text_atomic
 
 META = "meta.json"
 FORMAT = 1
@@ -48,18 +49,14 @@ def _sha256(path: Path) -> str:
 
 
 def _write_atomic(path: Path, arrays: Iterable[np.ndarray], dtype: np.dtype) -> tuple[int, str]:
-    tmp = path.with_name(path.name + ".tmp")
     n = 0
     h = hashlib.sha256()
-    with open(tmp, "wb") as f:
+    with atomic_open(path, "wb") as f:
         for a in arrays:
             b = np.ascontiguousarray(a, dtype=dtype).tobytes()
             f.write(b)
             h.update(b)
             n += len(b) // dtype.itemsize
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return n, h.hexdigest()
 
 
@@ -74,13 +71,19 @@ class ShardWriter:
         self.dtype = token_dtype(vocab_size)
         self.splits: dict[str, dict] = {}
 
-    def add_split(self, split: str, docs: Iterable[np.ndarray],
-                  masks: Optional[Iterable[np.ndarray]] = None, documents: Optional[int] = None) -> dict:
+    def add_split(
+        self,
+        split: str,
+        docs: Iterable[np.ndarray],
+        masks: Optional[Iterable[np.ndarray]] = None,
+        documents: Optional[int] = None,
+    ) -> dict:
         docs = list(docs)
         for d in docs:
             if len(d) and (int(np.max(d)) >= self.vocab_size or int(np.min(d)) < 0):
-                raise ShardError(f"{self.folder}/{split}: token id out of range for "
-                                 f"vocab_size={self.vocab_size}")
+                raise ShardError(
+                    f"{self.folder}/{split}: token id out of range for vocab_size={self.vocab_size}"
+                )
         n, sha = _write_atomic(self.folder / f"{split}.bin", docs, self.dtype)
         info = {"tokens": n, "sha256": sha, "documents": documents if documents is not None else len(docs)}
         mask_path = self.folder / f"{split}.mask.bin"
@@ -97,11 +100,14 @@ class ShardWriter:
         return info
 
     def close(self, **meta) -> dict:
-        out = {"format": FORMAT, "dtype": self.dtype.name, "vocab_size": self.vocab_size,
-               "splits": self.splits, **meta}
-        tmp = self.folder / (META + ".tmp")
-        tmp.write_text(json.dumps(out, indent=1, sort_keys=True))
-        os.replace(tmp, self.folder / META)
+        out = {
+            "format": FORMAT,
+            "dtype": self.dtype.name,
+            "vocab_size": self.vocab_size,
+            "splits": self.splits,
+            **meta,
+        }
+        write_text_atomic(self.folder / META, json.dumps(out, indent=1, sort_keys=True))
         return out
 
 
@@ -122,8 +128,10 @@ class TokenShards:
         self.folder = Path(folder)
         mpath = self.folder / META
         if not mpath.is_file():
-            raise ShardError(f"{self.folder}: no {META}; the shards are missing or were not "
-                             "finished (run `dvc repro` to build them)")
+            raise ShardError(
+                f"{self.folder}: no {META}; the shards are missing or were not "
+                "finished (run `dvc repro` to build them)"
+            )
         try:
             self.meta = json.loads(mpath.read_text())
             self.dtype = np.dtype(self.meta["dtype"])
@@ -138,17 +146,23 @@ class TokenShards:
                 raise ShardError(f"{path}: listed in {META} but missing")
             expect = info["tokens"] * self.dtype.itemsize
             if path.stat().st_size != expect:
-                raise ShardError(f"{path}: {path.stat().st_size} bytes, {META} says {expect} "
-                                 "(truncated or rewritten; rebuild with `dvc repro`)")
+                raise ShardError(
+                    f"{path}: {path.stat().st_size} bytes, {META} says {expect} "
+                    "(truncated or rewritten; rebuild with `dvc repro`)"
+                )
             if verify and _sha256(path) != info["sha256"]:
                 raise ShardError(f"{path}: sha256 does not match {META}")
-            tokens = np.memmap(path, dtype=self.dtype, mode="r") if info["tokens"] else np.zeros(0, self.dtype)
+            tokens = (
+                np.memmap(path, dtype=self.dtype, mode="r") if info["tokens"] else np.zeros(0, self.dtype)
+            )
             mask = None
             if "mask_sha256" in info:
                 mpath_ = self.folder / f"{name}.mask.bin"
                 if not mpath_.is_file() or mpath_.stat().st_size != info["tokens"]:
                     raise ShardError(f"{mpath_}: missing or wrong size for {info['tokens']} tokens")
-                mask = np.memmap(mpath_, dtype=np.uint8, mode="r") if info["tokens"] else np.zeros(0, np.uint8)
+                mask = (
+                    np.memmap(mpath_, dtype=np.uint8, mode="r") if info["tokens"] else np.zeros(0, np.uint8)
+                )
             self._splits[name] = ShardSplit(name, tokens, mask)
 
     def split(self, name: str) -> ShardSplit:

@@ -6,11 +6,14 @@
 Pre-training records are ``{"id", "text", "source", "licence"[, "min_chars"]}`` (the
 source's own ``min_chars``, read by the clean stage); SFT records are
 ``{"id", "prompt", "response", "source", "licence"}``. ``max_docs``/``max_chars`` stop
-reading at the first record over the cap (files are read in sorted order: reproducible). Bad records (invalid UTF-8, empty,
-over ``data.max_record_bytes``, malformed JSON/parquet rows, missing fields) are counted
-per source and skipped; a missing file of a required source or a dataset that cannot be
-opened stops with a :class:`SourceError` naming it. Optional sources that are absent are
-skipped with a note (the Debian text packages of the default).
+reading at the first record over the cap (files are read in sorted order: reproducible).
+Bad records (invalid UTF-8, empty, over ``data.max_record_bytes``, malformed JSON/parquet
+rows, missing fields) are counted per source and skipped; a missing file of a required
+source or a dataset that cannot be opened stops with a :class:`SourceError` naming it.
+Optional sources that are absent are skipped with a note (the Debian text packages of
+preset tiny-system-text).
+The ``cpython`` kind reads a shipped ``snapshot`` of CPython's text when one is set (the
+default's: the same data on every machine), else the running interpreter's stdlib.
 """
 
 from __future__ import annotations
@@ -33,8 +36,19 @@ from .io import atomic_open, nbytes
 CPYTHON_LICENCE = "PSF-2.0"
 CHATTERBOT_LICENCE = "BSD-3-Clause"
 # Stdlib folders that are tests, generated tables or vendored tools, not documentation.
-_STDLIB_SKIP = {"test", "tests", "site-packages", "dist-packages", "idlelib", "lib2to3",
-                "pydoc_data", "turtledemo", "ensurepip", "__phello__", "encodings"}
+_STDLIB_SKIP = {
+    "test",
+    "tests",
+    "site-packages",
+    "dist-packages",
+    "idlelib",
+    "lib2to3",
+    "pydoc_data",
+    "turtledemo",
+    "ensurepip",
+    "__phello__",
+    "encodings",
+}
 
 
 class SourceError(UserError):
@@ -48,8 +62,14 @@ class SourceStats:
 
     def __init__(self, src: SourceConfig) -> None:
         self.src = src
-        self.counts: dict[str, int] = {"files": 0, "unreadable_files": 0, "records": 0, "kept": 0,
-                                       "kept_bytes": 0, **{r: 0 for r in self.REASONS}}
+        self.counts: dict[str, int] = {
+            "files": 0,
+            "unreadable_files": 0,
+            "records": 0,
+            "kept": 0,
+            "kept_bytes": 0,
+            **{r: 0 for r in self.REASONS},
+        }
         self.notes: list[str] = []
         self.chars = 0
 
@@ -61,11 +81,17 @@ class SourceStats:
         print(f"note: source {self.src.name}: {text}", file=sys.stderr)
 
     def to_dict(self) -> dict:
-        return {"kind": self.src.kind, "use": self.src.use, "licence": self.src.licence,
-                **self.counts, "notes": self.notes}
+        return {
+            "kind": self.src.kind,
+            "use": self.src.use,
+            "licence": self.src.licence,
+            **self.counts,
+            "notes": self.notes,
+        }
 
 
 # ---------------------------------------------------------------- record extraction
+
 
 def _text_of(row: Any, field: str, stats: SourceStats) -> str | None:
     if not isinstance(row, dict):
@@ -120,7 +146,62 @@ def _from_bytes(raw: bytes, src: SourceConfig, stats: SourceStats, max_bytes: in
 
 # ---------------------------------------------------------------- kinds
 
-def _cpython(src: SourceConfig, stats: SourceStats, max_bytes: int) -> Iterator[tuple[str, dict]]:
+
+def _cpython(
+    src: SourceConfig, key: str, root: Path, stats: SourceStats, max_bytes: int
+) -> Iterator[tuple[str, dict]]:
+    """CPython's text from its ``snapshot`` when set (the same on every machine), else from
+    the running interpreter (its stdlib differs between Python releases)."""
+    if src.snapshot is not None:
+        yield from _cpython_snapshot(src, src.snapshot, key, root, stats, max_bytes)
+        return
+    yield from _cpython_live(src, stats, max_bytes)
+
+
+def _cpython_snapshot(
+    src: SourceConfig, snapshot: str, key: str, root: Path, stats: SourceStats, max_bytes: int
+):
+    path = Path(snapshot) if os.path.isabs(snapshot) else root / snapshot
+    if not path.is_file():
+        raise SourceError(
+            f"{key}.snapshot ({src.name}): {path} is missing; write one with "
+            f"`python -m mobilemoe.data.sources snapshot {snapshot}`"
+        )
+    prefixes = tuple(_CPYTHON_PARTS[p] for p in src.parts)
+    stats.counts["files"] += 1
+    with _open_bytes(path) as f:
+        for line in f:
+            row = json.loads(line)
+            if not row["id"].startswith(prefixes):
+                continue
+            stats.counts["records"] += 1
+            rec = _from_bytes(row["text"].encode("utf-8"), src, stats, max_bytes)
+            if rec:
+                yield row["id"], rec
+
+
+# record id prefix of each part (the snapshot keeps the live reader's ids)
+_CPYTHON_PARTS = {"topics": "topic:", "docstrings": "doc:"}
+
+
+def write_cpython_snapshot(out: Path, parts: tuple[str, ...] = ("topics", "docstrings")) -> dict:
+    """Write the running interpreter's CPython text as the gzipped JSONL a ``snapshot`` reads
+    (the bytes depend only on that text: no timestamp in the gzip header)."""
+    src = SourceConfig(name="cpython", kind="cpython", licence=CPYTHON_LICENCE, parts=list(parts))
+    stats = SourceStats(src)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as f:
+        for rid, rec in _cpython_live(src, stats, sys.maxsize):
+            f.write((json.dumps({"id": rid, "text": rec["text"]}, ensure_ascii=False) + "\n").encode("utf-8"))
+    return {
+        "python": sys.version.split()[0],
+        "records": stats.counts["records"],
+        "empty": stats.counts["empty"],
+        "path": str(out),
+    }
+
+
+def _cpython_live(src: SourceConfig, stats: SourceStats, max_bytes: int) -> Iterator[tuple[str, dict]]:
     if "topics" in src.parts:
         from pydoc_data.topics import topics  # the help() topics: the language reference in prose
 
@@ -184,14 +265,15 @@ def _resolve_files(src: SourceConfig, key: str, root: Path, stats: SourceStats) 
     for pattern in src.paths:
         full = pattern if os.path.isabs(pattern) else str(root / pattern)
         found = sorted(Path(p) for p in glob.glob(os.path.expanduser(full), recursive=True))
-        found = [p for p in found if p.is_file()
-                 and not any(fnmatch.fnmatch(p.name, x) for x in src.exclude)]
+        found = [p for p in found if p.is_file() and not any(fnmatch.fnmatch(p.name, x) for x in src.exclude)]
         if not found:
             missing.append(full)
         files.extend(found)
     if missing and not src.optional:
-        raise SourceError(f"{key} ({src.name}): no file matches {', '.join(missing)}; fix the "
-                          "path, or set optional: true to skip it when absent")
+        raise SourceError(
+            f"{key} ({src.name}): no file matches {', '.join(missing)}; fix the "
+            "path, or set optional: true to skip it when absent"
+        )
     for m in missing:
         stats.note(f"optional source absent: no file matches {m}; skipped")
     return files
@@ -324,7 +406,7 @@ def _dictd(path: Path, src: SourceConfig, stats: SourceStats, max_bytes: int):
         except ValueError:
             stats.skip("malformed")
             continue
-        rec = _from_bytes(body[off:off + length], src, stats, max_bytes)
+        rec = _from_bytes(body[off : off + length], src, stats, max_bytes)
         if rec:
             yield f"{i}:{parts[0]}", rec
 
@@ -337,8 +419,10 @@ def _files(src: SourceConfig, key: str, root: Path, stats: SourceStats, max_byte
         stats.counts["files"] += 1
         fmt = _format_of(path, src.format)
         if src.use == "sft" and fmt in ("txt", "dictd"):
-            raise SourceError(f"{key} ({src.name}): sft sources need jsonl or parquet rows with "
-                              f"{src.prompt_field!r}/{src.response_field!r}; {path} is {fmt}")
+            raise SourceError(
+                f"{key} ({src.name}): sft sources need jsonl or parquet rows with "
+                f"{src.prompt_field!r}/{src.response_field!r}; {path} is {fmt}"
+            )
         try:
             rel = path.relative_to(root).as_posix()
         except ValueError:
@@ -355,6 +439,7 @@ def _hf(src: SourceConfig, key: str, root: Path, stats: SourceStats, max_bytes: 
     import datasets
 
     path = src.path
+    assert path is not None and src.max_docs is not None  # SourceConfig.validate requires both for hf
     local = Path(path) if os.path.isabs(path) else root / path
     if local.exists():
         path = str(local)  # a folder laid out as a hub dataset repository
@@ -372,15 +457,23 @@ def _hf(src: SourceConfig, key: str, root: Path, stats: SourceStats, max_bytes: 
                 continue
             if rec:
                 yield str(i), rec
-    except (FileNotFoundError, ValueError, ConnectionError, OSError,
-            datasets.exceptions.DatasetNotFoundError) as e:
-        msg = (f"{key} ({src.name}): cannot stream dataset {src.path!r} config={src.config!r} "
-               f"split={src.hf_split!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    except (
+        FileNotFoundError,
+        ValueError,
+        ConnectionError,
+        OSError,
+        datasets.exceptions.DatasetNotFoundError,
+    ) as e:
+        msg = (
+            f"{key} ({src.name}): cannot stream dataset {src.path!r} config={src.config!r} "
+            f"split={src.hf_split!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        )
         if src.optional:
             stats.note(msg + "; optional, skipped")
             return
-        raise SourceError(msg + " (offline? set HF_HUB_OFFLINE=0 with network, or point "
-                          "path at a local copy)") from None
+        raise SourceError(
+            msg + " (offline? set HF_HUB_OFFLINE=0 with network, or point path at a local copy)"
+        ) from None
 
 
 def _chatterbot(src: SourceConfig, key: str, root: Path, stats: SourceStats, max_bytes: int):
@@ -390,7 +483,10 @@ def _chatterbot(src: SourceConfig, key: str, root: Path, stats: SourceStats, max
 
     spec = importlib.util.find_spec("chatterbot_corpus")
     if spec is None or not spec.submodule_search_locations:
-        msg = f"{key} ({src.name}): package chatterbot-corpus is not installed (pip install chatterbot-corpus==1.3.3)"
+        msg = (
+            f"{key} ({src.name}): package chatterbot-corpus is not installed "
+            "(pip install chatterbot-corpus==1.3.3)"
+        )
         if src.optional:
             stats.note(msg + "; skipped")
             return
@@ -399,8 +495,10 @@ def _chatterbot(src: SourceConfig, key: str, root: Path, stats: SourceStats, max
     for lang in src.languages:
         folder = data / lang
         if not folder.is_dir():
-            raise SourceError(f"{key}.languages: no chatterbot-corpus language {lang!r} "
-                              f"(have {', '.join(sorted(p.name for p in data.iterdir()))})")
+            raise SourceError(
+                f"{key}.languages: no chatterbot-corpus language {lang!r} "
+                f"(have {', '.join(sorted(p.name for p in data.iterdir()))})"
+            )
         for path in sorted(folder.glob("*.yml")):
             stats.counts["files"] += 1
             try:
@@ -430,11 +528,12 @@ def _chatterbot(src: SourceConfig, key: str, root: Path, stats: SourceStats, max
                     yield f"{lang}/{path.stem}:{c}:{t}", {"prompt": prompt, "response": response}
 
 
-def iter_source(src: SourceConfig, key: str, root: Path, stats: SourceStats,
-                max_bytes: int) -> Iterator[dict]:
+def iter_source(
+    src: SourceConfig, key: str, root: Path, stats: SourceStats, max_bytes: int
+) -> Iterator[dict]:
     """Records of one source, tagged, with its ``max_docs``/``max_chars`` caps applied."""
     if src.kind == "cpython":
-        it = _cpython(src, stats, max_bytes)
+        it = _cpython(src, key, root, stats, max_bytes)
     elif src.kind == "files":
         it = _files(src, key, root, stats, max_bytes)
     elif src.kind == "hf":
@@ -447,10 +546,13 @@ def iter_source(src: SourceConfig, key: str, root: Path, stats: SourceStats,
     for rid, rec in it:
         size = sum(len(v) for v in rec.values())
         if (src.max_docs is not None and stats.counts["kept"] >= src.max_docs) or (
-                src.max_chars is not None and stats.chars + size > src.max_chars):
+            src.max_chars is not None and stats.chars + size > src.max_chars
+        ):
             stats.skip("over_cap")
-            stats.note(f"cap reached (max_docs={src.max_docs}, max_chars={src.max_chars}) after "
-                       f"{stats.counts['kept']} records; the rest is not read")
+            stats.note(
+                f"cap reached (max_docs={src.max_docs}, max_chars={src.max_chars}) after "
+                f"{stats.counts['kept']} records; the rest is not read"
+            )
             break  # records are in a fixed order (sorted files): the cut is reproducible
         stats.chars += size
         stats.counts["kept"] += 1
@@ -475,3 +577,19 @@ def read_sources(cfg: DataConfig, root: Path, pretrain_out: Path, sft_out: Path)
         srcs = [s for s in out["sources"].values() if s["use"] == use]
         out[use] = {"records": sum(s["kept"] for s in srcs), "bytes": sum(s["kept_bytes"] for s in srcs)}
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mobilemoe.data.sources snapshot OUT``: refresh the shipped CPython text."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m mobilemoe.data.sources")
+    parser.add_argument("command", choices=["snapshot"])
+    parser.add_argument("out", type=Path, help="e.g. mobilemoe/data/corpus/cpython-3.11.7.jsonl.gz")
+    args = parser.parse_args(argv)
+    print(json.dumps(write_cpython_snapshot(args.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

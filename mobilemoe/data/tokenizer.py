@@ -27,14 +27,20 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
 
     floor = len(SPECIAL_TOKENS) + 256  # the specials and the 256 byte symbols
     if vocab_size <= floor:
-        raise UserError(f"model.vocab_size: {vocab_size} leaves no room for merges; a byte-level "
-                        f"BPE needs more than {floor} ids")
+        raise UserError(
+            f"model.vocab_size: {vocab_size} leaves no room for merges; a byte-level "
+            f"BPE needs more than {floor} ids"
+        )
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), min_frequency=min_frequency)
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        min_frequency=min_frequency,
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     for i, name in enumerate(SPECIAL_TOKENS):
         if tok.token_to_id(name) != i:  # not an assert: it must hold under python -O too
@@ -65,8 +71,10 @@ def load_tokenizer(path: str | os.PathLike, vocab_size: int | None = None):
         if tok.token_to_id(name) != i:
             raise UserError(f"{path}: special token {name} is not id {i}; not a mobilemoe tokenizer")
     if vocab_size is not None and tok.get_vocab_size() > vocab_size:
-        raise UserError(f"{path}: tokenizer has {tok.get_vocab_size()} ids but the model's "
-                        f"vocab_size is {vocab_size}; they must match (model.vocab_size)")
+        raise UserError(
+            f"{path}: tokenizer has {tok.get_vocab_size()} ids but the model's "
+            f"vocab_size is {vocab_size}; they must match (model.vocab_size)"
+        )
     return tok
 
 

@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 
+from mobilemoe.config import load_preset
 from mobilemoe.config.data import DataConfig
 from mobilemoe.data.curation import clean_pretrain
 from mobilemoe.data.decontam import EvalNgramIndex
@@ -62,8 +63,10 @@ def test_every_planted_passage_is_found(index, clean_text):
 
 def test_short_answers_are_not_contamination(index):
     row = load_eval_set("gsm8k")[0]
-    text = ("In this essay the result was " + row["short_answer"] + " and nothing else of the "
-            "benchmark appears, only ordinary prose about arithmetic in daily life.")
+    text = (
+        "In this essay the result was " + row["short_answer"] + " and nothing else of the "
+        "benchmark appears, only ordinary prose about arithmetic in daily life."
+    )
     assert not index.contaminated([text]).any()
     # an 8..12-word question matches as a whole
     q = next(r["question"] for r in load_eval_set("nq_open") if 8 <= len(words_of(r["question"])) < 13)
@@ -73,11 +76,19 @@ def test_short_answers_are_not_contamination(index):
 def test_clean_stage_drops_planted_documents_and_counts_them(index, clean_text):
     rng = random.Random(1)
     planted = _planted(rng)[:12]
-    records = [{"id": f"clean:{i}", "text": t, "source": "cpython", "licence": "PSF-2.0"}
-               for i, t in enumerate(clean_text[:20])]
+    records = [
+        {"id": f"clean:{i}", "text": t, "source": "cpython", "licence": "PSF-2.0"}
+        for i, t in enumerate(clean_text[:20])
+    ]
     for i, p in enumerate(planted):
-        records.append({"id": f"dirty:{i}", "text": clean_text[20 + i][:1500] + "\n\n" + p,
-                        "source": "web", "licence": "x"})
+        records.append(
+            {
+                "id": f"dirty:{i}",
+                "text": clean_text[20 + i][:1500] + "\n\n" + p,
+                "source": "web",
+                "licence": "x",
+            }
+        )
     cfg = DataConfig()
     cfg.clean.chunk_chars = 100_000  # keep documents whole for this count
     docs, stats = clean_pretrain(records, cfg, index)
@@ -88,3 +99,46 @@ def test_clean_stage_drops_planted_documents_and_counts_them(index, clean_text):
     for p in planted:
         assert p not in out_text
     assert eval_set("gsm8k").hf_path == "openai/gsm8k"
+
+
+def test_headline_counts_dropped_pretrain_documents_and_sft_pairs(index, clean_text, tmp_path):
+    """``stats.json``'s ``decontam_dropped`` is every text decontamination dropped, both splits."""
+    from mobilemoe.data.curation import clean_sft
+    from mobilemoe.data.io import write_json
+    from mobilemoe.data.paths import data_paths
+    from mobilemoe.data.stages import summarize
+
+    planted = _planted(random.Random(2))
+    records = [
+        {
+            "id": f"doc:{i}",
+            "text": clean_text[i][:1500] + ("\n\n" + planted[i] if i < 2 else ""),
+            "source": "cpython",
+            "licence": "PSF-2.0",
+        }
+        for i in range(6)
+    ]
+    pairs = [
+        {
+            "id": f"pair:{i}",
+            "prompt": f"Question {i}: what comes next?",
+            "response": planted[10 + i] if i < 3 else f"An ordinary answer number {i}.",
+            "source": "chat",
+            "licence": "x",
+        }
+        for i in range(8)
+    ]
+    cfg = DataConfig()
+    cfg.clean.chunk_chars = 100_000
+    _, pre = clean_pretrain(records, cfg, index)
+    kept, sft = clean_sft(pairs, cfg, index)
+    assert len(kept) == 5 and sft["filters"]["decontam"]["dropped"] == 3
+    paths = data_paths(load_preset("smoke"), tmp_path)
+    write_json(paths.metrics("clean"), {"pretrain": pre, "sft": sft})
+    h = summarize(paths, {"mixes": {}})["headline"]
+    assert h["decontam_dropped_by_split"] == {"pretrain": 2, "sft": 3}
+    assert h["decontam_dropped"] == 5
+    # before the clean stage ran there is nothing to count
+    paths.metrics("clean").unlink()
+    empty = summarize(paths, {"mixes": {}})["headline"]
+    assert empty["decontam_dropped"] is None

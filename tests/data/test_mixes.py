@@ -29,11 +29,27 @@ def inputs(tmp_path, tokenizer_file):
 
     rng = random.Random(0)
     texts = [t[:1500] for k, t in sorted(topics.items()) if len(t) > 400]
-    docs = [{"id": f"{'a' if i % 3 else 'b'}:{i}", "doc": f"x:{i}", "text": t,
-             "source": "alpha" if i % 3 else "beta", "licence": "L1" if i % 3 else "L2",
-             "quality": round(rng.random(), 3)} for i, t in enumerate(texts)]
-    pairs = [{"id": f"chat:{i}", "prompt": f"Question number {i}?", "response": f"Answer {i}.",
-              "source": "chat", "licence": "BSD"} for i in range(300)]
+    docs = [
+        {
+            "id": f"{'a' if i % 3 else 'b'}:{i}",
+            "doc": f"x:{i}",
+            "text": t,
+            "source": "alpha" if i % 3 else "beta",
+            "licence": "L1" if i % 3 else "L2",
+            "quality": round(rng.random(), 3),
+        }
+        for i, t in enumerate(texts)
+    ]
+    pairs = [
+        {
+            "id": f"chat:{i}",
+            "prompt": f"Question number {i}?",
+            "response": f"Answer {i}.",
+            "source": "chat",
+            "licence": "BSD",
+        }
+        for i in range(300)
+    ]
     tok = load_tokenizer(tokenizer_file, 512)
     return docs, pairs, tok, file_sha256(tokenizer_file), data_paths(_P, tmp_path)
 
@@ -74,7 +90,7 @@ def test_mixes(inputs):
     assert len(starts) == sft.meta["splits"]["train"]["documents"]
     for s, e in zip(starts, list(starts[1:]) + [len(ids)]):
         a = s + int(np.flatnonzero(ids[s:e] == ASSISTANT_ID)[0])
-        assert mask[s:a + 1].sum() == 0 and mask[a + 1:e].all() and ids[e - 1] == EOS_ID
+        assert mask[s : a + 1].sum() == 0 and mask[a + 1 : e].all() and ids[e - 1] == EOS_ID
 
 
 def test_sft_fraction_mixes_chat_text_into_midtrain(inputs):

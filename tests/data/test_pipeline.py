@@ -57,8 +57,14 @@ def test_first_run_builds_everything(project):
     assert result["stats"]["clean"]["pretrain"]["filters"]["near_dup"]["kept"] > 0
     assert result["stats_path"] == str(paths.stats)
     version = data_version(root)
-    assert set(version) >= {"data/raw", "data/clean", "data/tokenizer.json", "data/shards",
-                            "data/evalgrams.npz", "data/stats.json"}
+    assert set(version) >= {
+        "data/raw",
+        "data/clean",
+        "data/tokenizer.json",
+        "data/shards",
+        "data/evalgrams.npz",
+        "data/stats.json",
+    }
     assert version["data/shards"].endswith(".dir") and len(version["data/tokenizer.json"]) == 32
 
 
@@ -75,13 +81,18 @@ def test_param_change_reruns_only_affected_stages(project):
     assert curate(root)["stages_run"] == ["shards"]
     set_param(root, "model.vocab_size", 600)
     assert curate(root)["stages_run"] == ["tokenizer", "shards"]
-    assert load_tokenizer(data_paths(load_params(root / "params.yaml"), root).tokenizer).get_vocab_size() == 600
+    assert (
+        load_tokenizer(data_paths(load_params(root / "params.yaml"), root).tokenizer).get_vocab_size() == 600
+    )
     set_param(root, "data.clean.min_chars", 300)
     ran = curate(root)["stages_run"]
     assert ran[0] == "clean" and "sources" not in ran and "evalgrams" not in ran
     assert _status(root) == {}
     after = data_version(root)
-    assert after["data/raw"] == before["data/raw"] and after["data/evalgrams.npz"] == before["data/evalgrams.npz"]
+    assert (
+        after["data/raw"] == before["data/raw"]
+        and after["data/evalgrams.npz"] == before["data/evalgrams.npz"]
+    )
     assert after["data/shards"] != before["data/shards"]
 
 
@@ -109,11 +120,19 @@ def test_params_path_must_be_the_projects(project, tmp_path):
 
 
 def test_bad_source_stops_the_stage_with_one_message(tmp_path):
-    root = make_project(tmp_path / "p", "smoke", {"data.sources": [
-        {"name": "mine", "kind": "files", "paths": ["corpus/*.txt"]}]})
+    root = make_project(
+        tmp_path / "p",
+        "smoke",
+        {"data.sources": [{"name": "mine", "kind": "files", "paths": ["corpus/*.txt"]}]},
+    )
     env = {**os.environ, "PYTHONPATH": str(root)}
-    out = subprocess.run([str(root / "scripts" / "py"), "-m", "mobilemoe.data.stages", "sources"],
-                         cwd=root, env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [str(root / "scripts" / "py"), "-m", "mobilemoe.data.stages", "sources"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: data.sources[0] (mine): no file matches")
@@ -134,8 +153,9 @@ def test_cli_stats_and_version(project):
     empty = root.parent / "empty"
     empty.mkdir(exist_ok=True)
     (empty / "params.yaml").write_text((root / "params.yaml").read_text())
-    out = subprocess.run(py + ["stats"], env={**env, "MOBILEMOE_ROOT": str(empty)},
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        py + ["stats"], env={**env, "MOBILEMOE_ROOT": str(empty)}, capture_output=True, text=True
+    )
     assert out.returncode == 2 and out.stderr.startswith("error: ") and "stats.json: missing" in out.stderr
 
 
@@ -153,8 +173,12 @@ def test_push_and_pull_through_a_real_s3_server(project, s3_server, monkeypatch)
     monkeypatch.setenv("MOBILEMOE_S3_ENDPOINT_URL", s3_server.endpoint)  # env beats params
     cfg = RemoteConfig(name="s3store", url="s3://mobilemoe-data/dvc", endpoint_url=None)
     info = configure_remote(root, cfg, store_credentials=True)
-    assert info == {"name": "s3store", "url": "s3://mobilemoe-data/dvc",
-                    "endpoint_url": s3_server.endpoint, "kind": "s3"}
+    assert info == {
+        "name": "s3store",
+        "url": "s3://mobilemoe-data/dvc",
+        "endpoint_url": s3_server.endpoint,
+        "kind": "s3",
+    }
     committed = (root / ".dvc" / "config").read_text()
     assert s3_server.endpoint in committed and "s3://mobilemoe-data/dvc" in committed
     assert s3_server.secret_key not in committed and s3_server.access_key not in committed
@@ -163,8 +187,10 @@ def test_push_and_pull_through_a_real_s3_server(project, s3_server, monkeypatch)
     assert ignored.returncode == 0  # never committed
 
     assert push(root) > 0
-    keys = [o["Key"] for o in s3_server.client().list_objects_v2(
-        Bucket="mobilemoe-data", Prefix="dvc/")["Contents"]]
+    keys = [
+        o["Key"]
+        for o in s3_server.client().list_objects_v2(Bucket="mobilemoe-data", Prefix="dvc/")["Contents"]
+    ]
     assert len(keys) >= 10
 
     before = data_version(root)

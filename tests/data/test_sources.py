@@ -56,12 +56,23 @@ def test_txt_separator_regex_and_gzip(tmp_path):
 
 
 def test_jsonl_malformed_rows_and_missing_fields(tmp_path):
-    lines = [json.dumps({"text": "a good document"}), "{not json", json.dumps({"body": "no text field"}),
-             json.dumps(["not", "a", "dict"]), json.dumps({"text": 42}), json.dumps({"text": "   "}),
-             "", json.dumps({"text": None})]
+    lines = [
+        json.dumps({"text": "a good document"}),
+        "{not json",
+        json.dumps({"body": "no text field"}),
+        json.dumps(["not", "a", "dict"]),
+        json.dumps({"text": 42}),
+        json.dumps({"text": "   "}),
+        "",
+        json.dumps({"text": None}),
+    ]
     p = tmp_path / "d.jsonl"
-    p.write_bytes(("\n".join(lines) + "\n").encode() + b'{"text": "\xff bad"}\n'
-                  + json.dumps({"text": "y" * 2000}).encode() + b"\n")
+    p.write_bytes(
+        ("\n".join(lines) + "\n").encode()
+        + b'{"text": "\xff bad"}\n'
+        + json.dumps({"text": "y" * 2000}).encode()
+        + b"\n"
+    )
     recs, c, _ = _read({"name": "j", "kind": "files", "paths": ["d.jsonl"]}, tmp_path, max_bytes=1000)
     assert [r["text"] for r in recs] == ["a good document"]
     assert c["malformed"] == 3 and c["missing_field"] == 2 and c["empty"] == 2
@@ -72,8 +83,9 @@ def test_parquet_rows_columns_and_corrupt_files(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"text": ["one document", None, "", "two"], "n": [1, 2, 3, 4]}),
-                   tmp_path / "a.parquet")
+    pq.write_table(
+        pa.table({"text": ["one document", None, "", "two"], "n": [1, 2, 3, 4]}), tmp_path / "a.parquet"
+    )
     pq.write_table(pa.table({"body": ["no text column"]}), tmp_path / "b.parquet")
     (tmp_path / "c.parquet").write_bytes(b"PAR1 this is not parquet")
     recs, c, stats = _read({"name": "p", "kind": "files", "paths": ["*.parquet"]}, tmp_path)
@@ -84,11 +96,22 @@ def test_parquet_rows_columns_and_corrupt_files(tmp_path):
 
 def test_sft_pairs_from_jsonl(tmp_path):
     (tmp_path / "p.jsonl").write_text(
-        json.dumps({"q": "Hi?", "a": "Hello."}) + "\n" + json.dumps({"q": "only prompt"}) + "\n")
-    recs, c, _ = _read({"name": "s", "kind": "files", "use": "sft", "paths": ["p.jsonl"],
-                        "prompt_field": "q", "response_field": "a"}, tmp_path)
-    assert recs == [{"id": "s:p.jsonl:0", "prompt": "Hi?", "response": "Hello.", "source": "s",
-                     "licence": "unknown"}]
+        json.dumps({"q": "Hi?", "a": "Hello."}) + "\n" + json.dumps({"q": "only prompt"}) + "\n"
+    )
+    recs, c, _ = _read(
+        {
+            "name": "s",
+            "kind": "files",
+            "use": "sft",
+            "paths": ["p.jsonl"],
+            "prompt_field": "q",
+            "response_field": "a",
+        },
+        tmp_path,
+    )
+    assert recs == [
+        {"id": "s:p.jsonl:0", "prompt": "Hi?", "response": "Hello.", "source": "s", "licence": "unknown"}
+    ]
     assert c["missing_field"] == 1
 
 
@@ -96,19 +119,28 @@ def test_dictd_dictionary(tmp_path):
     body = b"00-database-short\nTest dict\nWORD, n.  A unit of language.\nTHING, n.  Anything at all.\n"
     first = body.index(b"WORD")
     second = body.index(b"THING")
-    b64 = lambda n: "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[n] if n < 64 else (
-        b64(n // 64) + b64(n % 64))
+
+    def b64(n):
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+        return alphabet[n] if n < 64 else b64(n // 64) + b64(n % 64)
+
     (tmp_path / "t.index").write_text(
         f"00databaseshort\tA\tR\nword\t{b64(first)}\t{b64(second - first)}\n"
-        f"thing\t{b64(second)}\t{b64(len(body) - second)}\n")
+        f"thing\t{b64(second)}\t{b64(len(body) - second)}\n"
+    )
     with gzip.open(tmp_path / "t.dict.dz", "wb") as f:
         f.write(body)
     recs, c, _ = _read({"name": "d", "kind": "files", "paths": ["t.index"]}, tmp_path)
-    assert [r["text"].strip() for r in recs] == ["WORD, n.  A unit of language.", "THING, n.  Anything at all."]
+    assert [r["text"].strip() for r in recs] == [
+        "WORD, n.  A unit of language.",
+        "THING, n.  Anything at all.",
+    ]
 
 
 def test_caps(tmp_path):
-    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": f"doc {i} " * 10}) + "\n" for i in range(50)))
+    (tmp_path / "d.jsonl").write_text(
+        "".join(json.dumps({"text": f"doc {i} " * 10}) + "\n" for i in range(50))
+    )
     recs, c, _ = _read({"name": "j", "kind": "files", "paths": ["d.jsonl"], "max_docs": 7}, tmp_path)
     assert len(recs) == 7 and c["over_cap"] == 1 and c["records"] == 8  # stops reading at the cap
     recs, c, _ = _read({"name": "j", "kind": "files", "paths": ["d.jsonl"], "max_chars": 250}, tmp_path)
@@ -120,13 +152,24 @@ def test_hf_streaming_from_a_local_hub_repository(tmp_path):
     (repo / "data").mkdir(parents=True)
     (repo / "README.md").write_text(
         "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
-        "    path: data/train-*.jsonl\n---\n# a dataset laid out as on the hub\n")
+        "    path: data/train-*.jsonl\n---\n# a dataset laid out as on the hub\n"
+    )
     for shard in range(2):
         with open(repo / "data" / f"train-{shard:05d}.jsonl", "w") as f:
             for i in range(30):
                 f.write(json.dumps({"content": f"shard {shard} document {i}", "meta": i}) + "\n")
-    recs, c, _ = _read({"name": "hub", "kind": "hf", "path": "hub/tiny-corpus", "hf_split": "train",
-                        "text_field": "content", "max_docs": 40, "licence": "CC0-1.0"}, tmp_path)
+    recs, c, _ = _read(
+        {
+            "name": "hub",
+            "kind": "hf",
+            "path": "hub/tiny-corpus",
+            "hf_split": "train",
+            "text_field": "content",
+            "max_docs": 40,
+            "licence": "CC0-1.0",
+        },
+        tmp_path,
+    )
     assert len(recs) == 40 and c["records"] == 40
     assert recs[0]["text"] == "shard 0 document 0" and recs[0]["licence"] == "CC0-1.0"
 
@@ -137,8 +180,9 @@ def test_missing_dataset_and_files_stop_with_a_message(tmp_path):
     with pytest.raises(SourceError) as e:
         _read({"name": "mine", "kind": "files", "paths": ["missing/*.txt"]}, tmp_path)
     assert "mine" in str(e.value) and "missing/*.txt" in str(e.value) and "optional" in str(e.value)
-    recs, c, stats = _read({"name": "deb", "kind": "files", "paths": ["/usr/share/nothing-here/*"],
-                            "optional": True}, tmp_path)
+    recs, c, stats = _read(
+        {"name": "deb", "kind": "files", "paths": ["/usr/share/nothing-here/*"], "optional": True}, tmp_path
+    )
     assert recs == [] and "optional source absent" in stats.notes[0]
 
 
@@ -152,9 +196,16 @@ def test_unknown_kind_and_bad_keys_name_the_key():
 
 
 def test_read_sources_writes_both_outputs_atomically(tmp_path):
-    cfg = build(DataConfig, {"sources": [
-        {"name": "cpython", "kind": "cpython", "parts": ["topics"], "max_docs": 5},
-        {"name": "chat", "kind": "chatterbot", "use": "sft", "max_docs": 20}]}, "data")
+    cfg = build(
+        DataConfig,
+        {
+            "sources": [
+                {"name": "cpython", "kind": "cpython", "parts": ["topics"], "max_docs": 5},
+                {"name": "chat", "kind": "chatterbot", "use": "sft", "max_docs": 20},
+            ]
+        },
+        "data",
+    )
     stats = read_sources(cfg, tmp_path, tmp_path / "raw" / "pretrain.jsonl", tmp_path / "raw" / "sft.jsonl")
     pre = [json.loads(x) for x in (tmp_path / "raw" / "pretrain.jsonl").read_text().splitlines()]
     sft = [json.loads(x) for x in (tmp_path / "raw" / "sft.jsonl").read_text().splitlines()]
@@ -172,8 +223,10 @@ def test_read_sources_writes_both_outputs_atomically(tmp_path):
 def test_source_min_chars_reaches_the_clean_stage(tmp_path):
     from mobilemoe.data.curation import clean_pretrain
 
-    cookies = ["A day without sunshine is like, you know, night.",
-               "The best way to predict the future is to invent it, said a man."]
+    cookies = [
+        "A day without sunshine is like, you know, night.",
+        "The best way to predict the future is to invent it, said a man.",
+    ]
     (tmp_path / "f").write_text("\n%\n".join(cookies) + "\n")
     src = {"name": "f", "kind": "files", "paths": ["f"], "split": "%"}
     plain, _, _ = _read(src, tmp_path)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from mobilemoe.config import load_params
-from mobilemoe.data import curate
+from mobilemoe.data import curate, data_version
 from mobilemoe.data.paths import data_paths
 from mobilemoe.data.shards import TokenShards
 
@@ -32,13 +32,13 @@ def _check(root: Path, result: dict) -> dict:
     return h
 
 
-def test_tiny_without_debian_packages(tmp_path):
-    """CPython alone clears the bars: the optional Debian sources are skipped with a note."""
-    raw = yaml.safe_load((ROOT / "presets" / "tiny.yaml").read_text())
+def test_tiny_system_text_without_debian_packages(tmp_path):
+    """Without the Debian packages their preset still clears the bars, with one note each."""
+    raw = yaml.safe_load((ROOT / "presets" / "tiny-system-text.yaml").read_text())
     for src in raw["data"]["sources"]:
         if src.get("optional"):
             src["paths"] = [f"/nonexistent/{src['name']}/*"]
-    root = make_project(tmp_path / "p", "tiny", {"data.sources": raw["data"]["sources"]})
+    root = make_project(tmp_path / "p", "tiny-system-text", {"data.sources": raw["data"]["sources"]})
     result = curate(root)
     h = _check(root, result)
     notes = [n for s in result["stats"]["sources"]["sources"].values() for n in s["notes"]]
@@ -48,5 +48,10 @@ def test_tiny_without_debian_packages(tmp_path):
 
 
 def test_tiny_default(tmp_path):
+    """The default reads only what installs with the project: no notes, the bars cleared."""
     root = make_project(tmp_path / "p", "tiny")
-    _check(root, curate(root))
+    result = curate(root)
+    _check(root, result)
+    assert all(not s["notes"] for s in result["stats"]["sources"]["sources"].values())
+    # a fresh build is the committed data version: `make repro` leaves dvc.lock as it is
+    assert data_version(root) == data_version(ROOT)

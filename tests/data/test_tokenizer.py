@@ -7,11 +7,22 @@ import pytest
 
 from mobilemoe.data.tokenizer import encode_chat, encode_document, load_tokenizer, train_tokenizer
 from mobilemoe.errors import UserError
-from mobilemoe.tokens import (ASSISTANT_ID, BOS_ID, END_OF_TURN_ID, EOS_ID, SPECIAL_TOKENS, USER_ID,
-                              chat_prompt)
+from mobilemoe.tokens import (
+    ASSISTANT_ID,
+    BOS_ID,
+    END_OF_TURN_ID,
+    EOS_ID,
+    SPECIAL_TOKENS,
+    USER_ID,
+    chat_prompt,
+)
 
-SAMPLES = ["Hello world, this is a test.", "def f(x):\n    return x ** 2  # square",
-           "Unicode: café, naïve, 東京, emoji 🙂", f"{chat_prompt('What is AI?')}It is a field.<|eot|>"]
+SAMPLES = [
+    "Hello world, this is a test.",
+    "def f(x):\n    return x ** 2  # square",
+    "Unicode: café, naïve, 東京, emoji 🙂",
+    f"{chat_prompt('What is AI?')}It is a field.<|eot|>",
+]
 
 
 def test_specials_and_vocab(tokenizer_file):
@@ -45,9 +56,9 @@ def test_encode_chat_masks_only_the_response(tokenizer_file):
     assert ids[0] == BOS_ID and ids[-1] == EOS_ID and ids[1] == USER_ID
     a = ids.index(ASSISTANT_ID)
     assert sum(mask[: a + 1]) == 0  # bos, prompt, eot of the user turn, assistant tag: no loss
-    assert all(mask[a + 1:])  # response, its end-of-turn and the final EOS carry loss
+    assert all(mask[a + 1 :])  # response, its end-of-turn and the final EOS carry loss
     assert ids[-2] == END_OF_TURN_ID
-    assert tok.decode(ids[a + 1:-2]).strip() == "A field of computer science."
+    assert tok.decode(ids[a + 1 : -2]).strip() == "A field of computer science."
     doc = encode_document(tok, "plain text")
     assert doc[0] == BOS_ID and doc[-1] == EOS_ID
 
