@@ -8,14 +8,20 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export HF_DATASETS_OFFLINE := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup test test-slow test-all repro lock clean-venv
+.PHONY: setup lint test test-slow test-all repro lock clean-venv
 
 setup: $(STAMP)
 
 $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml scripts/setup_venv.sh $(wildcard mobilemoe_kernels/csrc/*)
 	PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" bash scripts/setup_venv.sh
 
-test: $(STAMP)
+# Lint and type checks (settings in pyproject.toml) run before the tests, as habits.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint
 	$(VENV)/bin/python -m pytest -q
 
 test-slow: $(STAMP)

@@ -40,16 +40,24 @@ def probe_program(path: str | os.PathLike, timeout_s: float = 120.0) -> Optional
     if len(head) < 8 or head[4:6] != b"ET":  # the flatbuffer file identifier ("ET12", ...)
         return "not an ExecuTorch program (no ExecuTorch file identifier in its header)"
     try:
-        proc = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True,
-                              text=True, errors="replace", timeout=timeout_s,
-                              stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            [sys.executable, "-c", _PROBE, str(path)],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout_s,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired:
         return f"loading it did not finish in {timeout_s:.0f} s"
     if proc.returncode == 0 and "methods:" in proc.stdout:
         return None
     code = proc.returncode
-    how = (f"the runtime aborted ({signal.Signals(-code).name})"
-           if code < 0 and -code in signal.valid_signals() else "the runtime refused it")
+    how = (
+        f"the runtime aborted ({signal.Signals(-code).name})"
+        if code < 0 and -code in signal.valid_signals()
+        else "the runtime refused it"
+    )
     lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
     detail = next((ln for ln in lines if ln.startswith("[program.cpp") or "rror" in ln), "")
     detail = detail[:200]

@@ -36,9 +36,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from .schema import (CLAIMS, JOBS, MAX_JOB_DOC_BYTES, MAX_RESULT_DOC_BYTES, RESULTS, RUNNERS,
-                     ProtocolError, artifact_key, check_name, is_safe_name, validate_job,
-                     validate_result)
+from .schema import (
+    CLAIMS,
+    JOBS,
+    MAX_JOB_DOC_BYTES,
+    MAX_RESULT_DOC_BYTES,
+    RESULTS,
+    RUNNERS,
+    ProtocolError,
+    artifact_key,
+    check_name,
+    is_safe_name,
+    validate_job,
+    validate_result,
+)
 from .transport import ObjectInfo, Transport, sha256_file
 
 log = logging.getLogger("device_lab.queue")
@@ -93,13 +104,18 @@ class JobEntry:
 
 
 def _can_name_a_file(stem: str) -> bool:
-    return (0 < len(stem) <= 200 and stem not in (".", "..") and not stem.startswith(".")
-            and not any(c in stem for c in "/\\\0") and stem.isprintable())
+    return (
+        0 < len(stem) <= 200
+        and stem not in (".", "..")
+        and not stem.startswith(".")
+        and not any(c in stem for c in "/\\\0")
+        and stem.isprintable()
+    )
 
 
 def names_for_key(key: str) -> tuple[str, str, bool]:
     """(handle, result_name, usable) of a listed job key ``jobs/<stem>.json``."""
-    rel = key[len(JOBS):]
+    rel = key[len(JOBS) :]
     stem = rel[:-5] if rel.endswith(".json") else rel
     if rel.endswith(".json") and is_safe_name(stem):
         return stem, stem, True
@@ -144,8 +160,9 @@ class Queue:
         return job["job_id"]
 
     def read_result(self, handle: str) -> Optional[dict]:
-        data = self.transport.get_bytes(f"{RESULTS}{check_name(handle, 'job id')}.json",
-                                        max_bytes=MAX_RESULT_DOC_BYTES)
+        data = self.transport.get_bytes(
+            f"{RESULTS}{check_name(handle, 'job id')}.json", max_bytes=MAX_RESULT_DOC_BYTES
+        )
         if data is None:
             return None
         where = self.uri.uri_for(f"{RESULTS}{handle}.json")
@@ -160,11 +177,14 @@ class Queue:
         jobs = self.transport.list(JOBS)
         if not jobs:
             return []
-        done = {o.key[len(RESULTS):-5] for o in self.transport.list(RESULTS)
-                if o.key.endswith(".json") and "/" not in o.key[len(RESULTS):]}
+        done = {
+            o.key[len(RESULTS) : -5]
+            for o in self.transport.list(RESULTS)
+            if o.key.endswith(".json") and "/" not in o.key[len(RESULTS) :]
+        }
         claims: dict[str, list[ObjectInfo]] = {}
         for o in self.transport.list(CLAIMS):
-            claims.setdefault(o.key[len(CLAIMS):].split("/", 1)[0], []).append(o)
+            claims.setdefault(o.key[len(CLAIMS) :].split("/", 1)[0], []).append(o)
         out = []
         for o in jobs:
             handle, result_name, usable = names_for_key(o.key)
@@ -179,7 +199,7 @@ class Queue:
         epochs: dict[int, list[ClaimName]] = {}
         base = f"{CLAIMS}{handle}/"
         for o in objs:
-            rest = o.key[len(base):].split("/")
+            rest = o.key[len(base) :].split("/")
             name = ClaimName.parse(o.key)
             if len(rest) == 2 and rest[0].isdigit() and name is not None:
                 epochs.setdefault(int(rest[0]), []).append(name)
@@ -216,6 +236,7 @@ class Queue:
 
         def contenders(names, kinds):
             return [n for n in names if n.kind in kinds and n.runner != runner_id]
+
         choose = f"{prefix}choosing-{self._ms()}-{runner_id}.json"
         t.put_bytes(choose, b"")
         try:
@@ -229,8 +250,7 @@ class Queue:
         while True:
             names = self._names(prefix)
             now_ms = self._ms()
-            waiting = [n for n in contenders(names, ("choosing",))
-                       if n.ms + self._stale_s * 1000 > now_ms]
+            waiting = [n for n in contenders(names, ("choosing",)) if n.ms + self._stale_s * 1000 > now_ms]
             if waiting and self.clock() < give_up:
                 time.sleep(self.settle_poll_s)
                 continue
@@ -272,7 +292,7 @@ class Queue:
         newer epoch (a runner that took over) is left alone."""
         base = f"{CLAIMS}{claim.handle}/"
         for o in self.transport.list(base):
-            epoch = o.key[len(base):].split("/", 1)[0]
+            epoch = o.key[len(base) :].split("/", 1)[0]
             if not epoch.isdigit() or int(epoch) <= claim.epoch:
                 self.transport.delete(o.key)
 

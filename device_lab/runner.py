@@ -36,15 +36,24 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from . import __version__
 from .backends import Backend, BackendError, RunContext, make_backend, registry
 from .queue import Claim, JobEntry, Queue
-from .schema import (install_redaction, redact, ProtocolError, artifact_key_from_uri, format_time, make_result,
-                     parse_queue_uri, parse_time, utcnow, validate_job)
-from .transport import (Interrupted, NotFound, NotRegular, Retry, TooLarge, TransportError,
-                        open_transport)
+from .schema import (
+    ProtocolError,
+    artifact_key_from_uri,
+    format_time,
+    install_redaction,
+    make_result,
+    parse_queue_uri,
+    parse_time,
+    redact,
+    utcnow,
+    validate_job,
+)
+from .transport import Interrupted, NotFound, NotRegular, Retry, TooLarge, TransportError, open_transport
 
 log = logging.getLogger("device_lab.runner")
 DEFAULT_MAX_ARTIFACT_BYTES = 8 * 2**30
@@ -65,10 +74,17 @@ def default_runner_id() -> str:
 
 
 class Runner:
-    def __init__(self, queue: Queue, backends: list[Backend], workdir: str | os.PathLike, *,
-                 runner_id: Optional[str] = None, poll_s: float = 2.0,
-                 job_timeout_s: float = 600.0,
-                 max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES):
+    def __init__(
+        self,
+        queue: Queue,
+        backends: list[Backend],
+        workdir: str | os.PathLike,
+        *,
+        runner_id: Optional[str] = None,
+        poll_s: float = 2.0,
+        job_timeout_s: float = 600.0,
+        max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES,
+    ):
         if not backends:
             raise ValueError("a runner needs at least one backend")
         self.queue, self.poll_s = queue, poll_s
@@ -86,8 +102,9 @@ class Runner:
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
 
     # -- service loop ---------------------------------------------------------------------
-    def serve(self, stop: Optional[threading.Event] = None, once: bool = False,
-              idle_exit_s: Optional[float] = None) -> int:
+    def serve(
+        self, stop: Optional[threading.Event] = None, once: bool = False, idle_exit_s: Optional[float] = None
+    ) -> int:
         """Poll until ``stop`` is set (or after one job with ``once``, or ``idle_exit_s``
         without work). Returns the number of jobs handled."""
         if stop is not None:
@@ -106,15 +123,17 @@ class Runner:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
-            raise WorkdirBusy(f"work folder {self.workdir} is in use by another runner; give "
-                              "each runner its own --workdir") from None
+            raise WorkdirBusy(
+                f"work folder {self.workdir} is in use by another runner; give each runner its own --workdir"
+            ) from None
         return lock
 
     def _serve(self, once: bool, idle_exit_s: Optional[float]) -> int:
         self._register()
         beat_stop = threading.Event()
-        beat = threading.Thread(target=self._heartbeat, args=(beat_stop,),
-                                name=f"lease-{self.runner_id}", daemon=True)
+        beat = threading.Thread(
+            target=self._heartbeat, args=(beat_stop,), name=f"lease-{self.runner_id}", daemon=True
+        )
         beat.start()
         idle_since = time.monotonic()
         try:
@@ -185,7 +204,7 @@ class Runner:
             self._claim = claim
         job_dir = self._job_dir(claim.handle)
         log.info("claimed %s (attempt %d)", claim.handle, claim.epoch)
-        common = dict(runner=self._runner_info(), attempt=claim.epoch, claimed_at=claimed_at)
+        common: dict[str, Any] = dict(runner=self._runner_info(), attempt=claim.epoch, claimed_at=claimed_at)
         try:
             try:
                 job = self._load_job(claim)
@@ -194,8 +213,16 @@ class Runner:
                 started_at = format_time(utcnow())
                 ctx = RunContext(job, program, tokenizer, job_dir, self._time_left(job), self._cancel)
                 measurement = backend.run(ctx)
-                result = make_result(claim.result_name, "ok", None, job=job, device=backend.describe(),
-                                     started_at=started_at, measurement=measurement, **common)
+                result = make_result(
+                    claim.result_name,
+                    "ok",
+                    None,
+                    job=job,
+                    device=backend.describe(),
+                    started_at=started_at,
+                    measurement=measurement,
+                    **common,
+                )
             except Rejected as e:
                 log.warning("rejected %s: %s", claim.handle, e)
                 result = make_result(claim.result_name, "rejected", str(e), job=job, **common)
@@ -211,9 +238,16 @@ class Runner:
                     return {}
                 log.warning("job %s failed: %s", claim.handle, e)
                 errors = [str(e)] + ([tail] if (tail := self._log_tail(job_dir)) else [])
-                result = make_result(claim.result_name, "error", str(e).split("\n")[0][:2000], job=job,
-                                     device=backend.describe(), started_at=started_at,
-                                     errors=errors, **common)
+                result = make_result(
+                    claim.result_name,
+                    "error",
+                    str(e).split("\n")[0][:2000],
+                    job=job,
+                    device=backend.describe(),
+                    started_at=started_at,
+                    errors=errors,
+                    **common,
+                )
             except Interrupted:  # stopping mid-download: hand the job back at once
                 try:
                     self.queue.release(claim)
@@ -222,13 +256,24 @@ class Runner:
                 return {}
             except TransportError as e:
                 log.warning("job %s: queue error: %s", claim.handle, e)
-                result = make_result(claim.result_name, "error", f"could not fetch the job's files: {e}",
-                                     job=job, started_at=started_at, **common)
+                result = make_result(
+                    claim.result_name,
+                    "error",
+                    f"could not fetch the job's files: {e}",
+                    job=job,
+                    started_at=started_at,
+                    **common,
+                )
             except Exception as e:  # a bug must not stop the service: report it as the result
                 log.exception("internal error on %s", claim.handle)
-                result = make_result(claim.result_name, "error", f"internal runner error: "
-                                     f"{type(e).__name__}: {e}", job=job, started_at=started_at,
-                                     **common)
+                result = make_result(
+                    claim.result_name,
+                    "error",
+                    f"internal runner error: {type(e).__name__}: {e}",
+                    job=job,
+                    started_at=started_at,
+                    **common,
+                )
             self._deliver(claim, result)
             self.handled += 1
             return result
@@ -240,8 +285,10 @@ class Runner:
 
     def _load_job(self, claim: Claim) -> dict:
         if claim.job_key != f"jobs/{claim.handle}.json":
-            raise Rejected(f"job file {claim.job_key!r} is not named <job_id>.json with a "
-                           "safe id (1-128 of A-Z a-z 0-9 . _ -, no '..', no '/')")
+            raise Rejected(
+                f"job file {claim.job_key!r} is not named <job_id>.json with a "
+                "safe id (1-128 of A-Z a-z 0-9 . _ -, no '..', no '/')"
+            )
         try:
             data = self.queue.read_job_bytes(claim.job_key)
         except TooLarge as e:
@@ -259,19 +306,22 @@ class Runner:
         except ProtocolError as e:
             raise Rejected(f"job document fails the schema: {e}") from None
         if job["job_id"] != claim.handle:
-            raise Rejected(f"job.job_id {job['job_id']!r} does not match its file name "
-                           f"{claim.handle!r}.json")
+            raise Rejected(f"job.job_id {job['job_id']!r} does not match its file name {claim.handle!r}.json")
         if parse_time(job["deadline"]) <= utcnow():
             raise Rejected(f"deadline {job['deadline']} has passed")
         if job["backend"] not in self.backends:
-            raise Rejected(f"backend {job['backend']!r} is not offered here (this runner: "
-                           f"{', '.join(sorted(self.backends))}; known kinds: "
-                           f"{', '.join(sorted(registry()))})")
+            raise Rejected(
+                f"backend {job['backend']!r} is not offered here (this runner: "
+                f"{', '.join(sorted(self.backends))}; known kinds: "
+                f"{', '.join(sorted(registry()))})"
+            )
         for what in ("artifact", "tokenizer"):
             ref = job[what]
             if ref["size_bytes"] > self.max_artifact_bytes:
-                raise Rejected(f"job.{what}: {ref['size_bytes']} bytes is over this runner's cap "
-                               f"of {self.max_artifact_bytes} bytes")
+                raise Rejected(
+                    f"job.{what}: {ref['size_bytes']} bytes is over this runner's cap "
+                    f"of {self.max_artifact_bytes} bytes"
+                )
             try:
                 artifact_key_from_uri(self.queue.uri, ref["uri"], ref["sha256"], f"job.{what}.uri")
             except ProtocolError as e:
@@ -288,19 +338,23 @@ class Runner:
                 local = "tokenizer" + suffix
             dest = job_dir / local
             try:
-                sha, size = self.queue.transport.download_file(key, dest, ref["size_bytes"],
-                                                               should_stop=self.stop.is_set)
+                sha, size = self.queue.transport.download_file(
+                    key, dest, ref["size_bytes"], should_stop=self.stop.is_set
+                )
             except TooLarge:
-                raise Rejected(f"job.{what}: the stored file is larger than its declared "
-                               f"size_bytes {ref['size_bytes']}") from None
+                raise Rejected(
+                    f"job.{what}: the stored file is larger than its declared size_bytes {ref['size_bytes']}"
+                ) from None
             except NotFound:
                 raise Rejected(f"job.{what}: {ref['uri']} not found") from None
             except NotRegular as e:
                 raise Rejected(f"job.{what}: {e}") from None
             if size != ref["size_bytes"] or sha != ref["sha256"]:
                 dest.unlink(missing_ok=True)
-                raise Rejected(f"job.{what}: hash mismatch (declared sha256 {ref['sha256'][:16]}... "
-                               f"{ref['size_bytes']} bytes; got {sha[:16]}... {size} bytes)")
+                raise Rejected(
+                    f"job.{what}: hash mismatch (declared sha256 {ref['sha256'][:16]}... "
+                    f"{ref['size_bytes']} bytes; got {sha[:16]}... {size} bytes)"
+                )
             out.append(dest)
         return out[0], out[1]
 
@@ -312,8 +366,9 @@ class Runner:
     def _deliver(self, claim: Claim, result: dict) -> None:
         """Outbox first (atomic), then the queue; retried until delivered or stopping."""
         outbox = self.workdir / "outbox" / f"{claim.handle}.json"
-        _atomic_write(outbox, json.dumps({"result_name": claim.result_name, "result": result},
-                                         indent=1, sort_keys=True))
+        _atomic_write(
+            outbox, json.dumps({"result_name": claim.result_name, "result": result}, indent=1, sort_keys=True)
+        )
         delay = 0.5
         while True:
             # Delivered even if the lease lapsed meanwhile: the run happened, and an existing
@@ -344,8 +399,9 @@ class Runner:
             os.replace(path, self.workdir / "outbox-bad" / path.name)
             return
         if not self.queue.write_result(entry["result_name"], entry["result"]):
-            log.info("%s already had a result; ours is kept in %s", entry["result_name"],
-                     self.workdir / "results")
+            log.info(
+                "%s already had a result; ours is kept in %s", entry["result_name"], self.workdir / "results"
+            )
         os.replace(path, self.workdir / "results" / path.name)
 
     def flush_outbox(self) -> None:
@@ -381,13 +437,19 @@ class Runner:
                 pass
 
     def _register(self) -> None:
-        self.queue.register(self.runner_id, {"host": socket.gethostname(), "version": __version__,
-                                             "backends": sorted(self.backends)},
-                            ttl_s=self.queue.lease_s * 3)
+        self.queue.register(
+            self.runner_id,
+            {"host": socket.gethostname(), "version": __version__, "backends": sorted(self.backends)},
+            ttl_s=self.queue.lease_s * 3,
+        )
 
     def _runner_info(self) -> dict:
-        return {"id": self.runner_id, "host": socket.gethostname(), "version": __version__,
-                "backends": ",".join(sorted(self.backends))}
+        return {
+            "id": self.runner_id,
+            "host": socket.gethostname(),
+            "version": __version__,
+            "backends": ",".join(sorted(self.backends)),
+        }
 
     # -- files ------------------------------------------------------------------------------------
     def _job_dir(self, handle: str) -> Path:
@@ -426,23 +488,37 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="python -m device_lab.runner", description=__doc__.split("\n")[0],
+        prog="python -m device_lab.runner",
+        description=__doc__.split("\n")[0],
         epilog="exit codes: 0 stopped normally (--once done, idle limit, SIGINT/SIGTERM); "
-               "2 bad arguments or work folder in use; 3 queue unreachable after retries")
+        "2 bad arguments or work folder in use; 3 queue unreachable after retries",
+    )
     ap.add_argument("--queue", required=True, help="file:///abs/folder or s3://bucket/prefix")
-    ap.add_argument("--backend", action="append", default=None,
-                    help=f"backend to offer (repeatable; default local-cpu): {', '.join(sorted(registry()))}")
+    ap.add_argument(
+        "--backend",
+        action="append",
+        default=None,
+        help=f"backend to offer (repeatable; default local-cpu): {', '.join(sorted(registry()))}",
+    )
     ap.add_argument("--workdir", default=None, help="work folder (default ~/.cache/device_lab/runner)")
     ap.add_argument("--once", action="store_true", help="handle one job, then exit")
-    ap.add_argument("--idle-exit-s", type=float, default=None,
-                    help="exit after this long without a job (with --once default 0: one look)")
+    ap.add_argument(
+        "--idle-exit-s",
+        type=float,
+        default=None,
+        help="exit after this long without a job (with --once default 0: one look)",
+    )
     ap.add_argument("--poll-s", type=float, default=2.0)
     ap.add_argument("--lease-s", type=float, default=60.0, help="claim lease; renewed every third")
     ap.add_argument("--job-timeout-s", type=float, default=600.0)
     ap.add_argument("--max-artifact-bytes", type=int, default=DEFAULT_MAX_ARTIFACT_BYTES)
     ap.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL_S3)")
-    ap.add_argument("--retry-attempts", type=int, default=5,
-                    help="tries per S3 request before reporting an error (backoff between)")
+    ap.add_argument(
+        "--retry-attempts",
+        type=int,
+        default=5,
+        help="tries per S3 request before reporting an error (backoff between)",
+    )
     ap.add_argument("--runner-id", default=None)
     ap.add_argument("--log-level", default="INFO")
     return ap
@@ -450,15 +526,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     install_redaction()
     # Their DEBUG logs print request headers (the access key id among them): never ours.
     for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    for name, value in (("--poll-s", args.poll_s), ("--lease-s", args.lease_s),
-                        ("--job-timeout-s", args.job_timeout_s), ("--max-artifact-bytes", args.max_artifact_bytes),
-                        ("--retry-attempts", args.retry_attempts)):
+    for name, value in (
+        ("--poll-s", args.poll_s),
+        ("--lease-s", args.lease_s),
+        ("--job-timeout-s", args.job_timeout_s),
+        ("--max-artifact-bytes", args.max_artifact_bytes),
+        ("--retry-attempts", args.retry_attempts),
+    ):
         if value <= 0:
             print(f"error: {name} must be > 0, got {value}", file=sys.stderr)
             return 2
@@ -470,10 +553,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     workdir = Path(args.workdir or Path.home() / ".cache" / "device_lab" / "runner")
     try:
         uri = parse_queue_uri(args.queue, "--queue")
-        queue = Queue(open_transport(uri, args.endpoint_url, Retry(args.retry_attempts)),
-                      lease_s=args.lease_s)
-        runner = Runner(queue, backends, workdir, runner_id=args.runner_id, poll_s=args.poll_s,
-                        job_timeout_s=args.job_timeout_s, max_artifact_bytes=args.max_artifact_bytes)
+        queue = Queue(
+            open_transport(uri, args.endpoint_url, Retry(args.retry_attempts)), lease_s=args.lease_s
+        )
+        runner = Runner(
+            queue,
+            backends,
+            workdir,
+            runner_id=args.runner_id,
+            poll_s=args.poll_s,
+            job_timeout_s=args.job_timeout_s,
+            max_artifact_bytes=args.max_artifact_bytes,
+        )
     except ProtocolError as e:
         print(f"error: {redact(e)}", file=sys.stderr)
         return 2
@@ -487,11 +578,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     def on_signal(signum, _frame):
         log.info("signal %d: stopping (the current job is handed back)", signum)
         runner.stop.set()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     idle = args.idle_exit_s if args.idle_exit_s is not None else (0.0 if args.once else None)
-    log.info("runner %s on %s with %s (work folder %s)", runner.runner_id, queue.uri,
-             ", ".join(sorted(runner.backends)), runner.workdir)
+    log.info(
+        "runner %s on %s with %s (work folder %s)",
+        runner.runner_id,
+        queue.uri,
+        ", ".join(sorted(runner.backends)),
+        runner.workdir,
+    )
     try:
         runner.serve(once=args.once, idle_exit_s=idle)
     except WorkdirBusy as e:

@@ -1,6 +1,6 @@
 """The device lab's protocol, written down once: documents, names, times, queue URIs.
 
-Everything a submitter and a runner must agree on lives here (README mirrors it):
+Everything a submitter and a runner must agree on lives here (docs/device-lab.md mirrors it):
 
 * **Queue URIs**: ``file:///abs/folder`` (a local or shared folder) or
   ``s3://bucket[/prefix]`` (any S3-compatible endpoint; the endpoint comes from
@@ -82,8 +82,10 @@ def is_safe_name(name: Any) -> bool:
 
 def check_name(name: Any, what: str) -> str:
     if not is_safe_name(name):
-        raise ProtocolError(f"{what}: {name!r} is not a safe name (1-128 of A-Z a-z 0-9 . _ -, "
-                            "starting with a letter or digit, no '..', no path separators)")
+        raise ProtocolError(
+            f"{what}: {name!r} is not a safe name (1-128 of A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit, no '..', no path separators)"
+        )
     return name
 
 
@@ -106,8 +108,9 @@ def format_time(t: _dt.datetime | float) -> str:
 
 def parse_time(text: Any, what: str = "time") -> _dt.datetime:
     if not isinstance(text, str) or not _TIME_RE.match(text):
-        raise ProtocolError(f"{what}: must be an ISO 8601 UTC time like "
-                            f"2025-06-01T12:00:00.000Z, got {text!r}")
+        raise ProtocolError(
+            f"{what}: must be an ISO 8601 UTC time like 2025-06-01T12:00:00.000Z, got {text!r}"
+        )
     try:
         return _dt.datetime.fromisoformat(text[:-1]).replace(tzinfo=_dt.timezone.utc)
     except ValueError:
@@ -160,35 +163,38 @@ def parse_queue_uri(uri: Any, what: str = "queue") -> QueueURI:
 
 def _parse_queue_uri(uri: Any, what: str) -> QueueURI:
     if not isinstance(uri, str) or "://" not in uri:
-        raise ProtocolError(f"{what}: {uri!r} is not a queue URI; use file:///absolute/folder "
-                            "or s3://bucket/prefix")
+        raise ProtocolError(
+            f"{what}: {uri!r} is not a queue URI; use file:///absolute/folder or s3://bucket/prefix"
+        )
     parsed = urllib.parse.urlsplit(uri)
     if parsed.query or parsed.fragment:
         raise ProtocolError(f"{what}: {uri!r} must not have a query or fragment")
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
-            raise ProtocolError(f"{what}: {uri!r}: a file URI needs three slashes and an "
-                                "absolute path, e.g. file:///srv/device-lab")
+            raise ProtocolError(
+                f"{what}: {uri!r}: a file URI needs three slashes and an "
+                "absolute path, e.g. file:///srv/device-lab"
+            )
         path = urllib.parse.unquote(parsed.path)
         parts = path.split("/")
         if not path.startswith("/") or ".." in parts or "\0" in path:
-            raise ProtocolError(f"{what}: {uri!r}: the folder must be an absolute path "
-                                "without '..'")
+            raise ProtocolError(f"{what}: {uri!r}: the folder must be an absolute path without '..'")
         path = "/" + "/".join(p for p in parts if p)
         return QueueURI("file", path=path)
     if parsed.scheme == "s3":
         if "@" in parsed.netloc or ":" in parsed.netloc:
-            raise ProtocolError(f"{what}: {uri!r}: put no credentials or port in an s3 URI; "
-                                "credentials come from the environment, the endpoint from "
-                                "--endpoint-url or AWS_ENDPOINT_URL_S3")
+            raise ProtocolError(
+                f"{what}: {uri!r}: put no credentials or port in an s3 URI; "
+                "credentials come from the environment, the endpoint from "
+                "--endpoint-url or AWS_ENDPOINT_URL_S3"
+            )
         if not _BUCKET_RE.match(parsed.netloc or ""):
             raise ProtocolError(f"{what}: {uri!r}: {parsed.netloc!r} is not a valid bucket name")
         segs = [s for s in parsed.path.split("/") if s]
         for s in segs:
             check_name(s, f"{what} prefix segment of {uri!r}")
         return QueueURI("s3", bucket=parsed.netloc, prefix="/".join(segs))
-    raise ProtocolError(f"{what}: {uri!r}: unsupported scheme {parsed.scheme!r}; use file:// "
-                        "or s3://")
+    raise ProtocolError(f"{what}: {uri!r}: unsupported scheme {parsed.scheme!r}; use file:// or s3://")
 
 
 def artifact_key(sha256: str, file_name: str) -> str:
@@ -200,12 +206,12 @@ def artifact_key_from_uri(queue: QueueURI, uri: Any, sha256: str, what: str) -> 
     its own hash: a runner never fetches anything a job names outside the queue."""
     base = f"{queue}/{ARTIFACTS}"
     if not isinstance(uri, str) or not uri.startswith(base):
-        raise ProtocolError(f"{what}: {uri!r} is not in this queue's artifact area ({base}...); "
-                            "let the submitter upload it")
-    rest = uri[len(base):].split("/")
+        raise ProtocolError(
+            f"{what}: {uri!r} is not in this queue's artifact area ({base}...); let the submitter upload it"
+        )
+    rest = uri[len(base) :].split("/")
     if len(rest) != 2 or rest[0] != sha256 or not is_safe_name(rest[1]):
-        raise ProtocolError(f"{what}: {uri!r} must be {base}<sha256>/<file name> with the "
-                            "job's sha256")
+        raise ProtocolError(f"{what}: {uri!r} must be {base}<sha256>/<file name> with the job's sha256")
     return artifact_key(sha256, rest[1])
 
 
@@ -217,6 +223,7 @@ def _int(lo: int, hi: int) -> Check:
     def check(v, where):
         if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
             raise ProtocolError(f"{where}: must be an integer in [{lo}, {hi}], got {v!r}")
+
     return check
 
 
@@ -228,8 +235,10 @@ def _num(v, where):
 def _str(max_len: int = 4096) -> Check:
     def check(v, where):
         if not isinstance(v, str) or len(v) > max_len:
-            raise ProtocolError(f"{where}: must be a string of at most {max_len} characters, "
-                                f"got {type(v).__name__}")
+            raise ProtocolError(
+                f"{where}: must be a string of at most {max_len} characters, got {type(v).__name__}"
+            )
+
     return check
 
 
@@ -237,6 +246,7 @@ def _const(value) -> Check:
     def check(v, where):
         if v != value or type(v) is not type(value):
             raise ProtocolError(f"{where}: must be {value!r}, got {v!r}")
+
     return check
 
 
@@ -251,8 +261,7 @@ def _name(v, where):
 
 def _backend(v, where):
     if not isinstance(v, str) or not _BACKEND_RE.match(v):
-        raise ProtocolError(f"{where}: {v!r} is not a backend name (lower-case letters, "
-                            "digits, '-')")
+        raise ProtocolError(f"{where}: {v!r} is not a backend name (lower-case letters, digits, '-')")
 
 
 def _sha(v, where):
@@ -268,12 +277,14 @@ def _nullable(check: Check) -> Check:
     def inner(v, where):
         if v is not None:
             check(v, where)
+
     return inner
 
 
 def _obj(fields: dict[str, tuple[Check, bool]]) -> Check:
     def check(v, where):
         validate_fields(v, fields, where)
+
     return check
 
 
@@ -284,18 +295,19 @@ def _map(value_check: Check, max_items: int, key_check: Optional[Check] = None) 
         for k, item in v.items():
             (key_check or _str(128))(k, f"{where} key")
             value_check(item, f"{where}.{k}")
+
     return check
 
 
 def _list(item: Check, min_items: int, max_items: int, unique: bool = False) -> Check:
     def check(v, where):
         if not isinstance(v, list) or not min_items <= len(v) <= max_items:
-            raise ProtocolError(f"{where}: must be a list of {min_items}-{max_items} items, "
-                                f"got {v!r}"[:300])
+            raise ProtocolError(f"{where}: must be a list of {min_items}-{max_items} items, got {v!r}"[:300])
         for i, x in enumerate(v):
             item(x, f"{where}[{i}]")
         if unique and len(set(map(repr, v))) != len(v):
             raise ProtocolError(f"{where}: items must be unique, got {v!r}")
+
     return check
 
 
@@ -329,7 +341,7 @@ def _status(v, where):
 
 def _prompt_key(k, where):
     if not isinstance(k, str) or not k.isdigit() or k.startswith("0"):
-        raise ProtocolError(f"{where}: {k!r} must be a prompt length in tokens, e.g. \"128\"")
+        raise ProtocolError(f'{where}: {k!r} must be a prompt length in tokens, e.g. "128"')
 
 
 def validate_fields(doc: Any, fields: dict[str, tuple[Check, bool]], where: str) -> None:
@@ -338,8 +350,7 @@ def validate_fields(doc: Any, fields: dict[str, tuple[Check, bool]], where: str)
         raise ProtocolError(f"{where}: must be a JSON object, got {type(doc).__name__}")
     unknown = sorted(set(doc) - set(fields))
     if unknown:
-        raise ProtocolError(f"{where}.{unknown[0]}: unknown field (known: "
-                            f"{', '.join(sorted(fields))})")
+        raise ProtocolError(f"{where}.{unknown[0]}: unknown field (known: {', '.join(sorted(fields))})")
     for name, (check, required) in fields.items():
         if name in doc:
             check(doc[name], f"{where}.{name}")
@@ -347,8 +358,7 @@ def validate_fields(doc: Any, fields: dict[str, tuple[Check, bool]], where: str)
             raise ProtocolError(f"{where}.{name}: missing")
 
 
-FILE_REF_FIELDS = {"uri": (_str(2048), True), "sha256": (_sha, True),
-                   "size_bytes": (_int(1, 2**50), True)}
+FILE_REF_FIELDS = {"uri": (_str(2048), True), "sha256": (_sha, True), "size_bytes": (_int(1, 2**50), True)}
 BENCHMARK_FIELDS = {
     "prompt_lengths": (_list(_int(1, 1 << 20), 1, 32, unique=True), True),  # tokens, exact
     "decode_tokens": (_int(2, 1 << 20), True),  # new tokens per run (the first ends prefill)
@@ -388,7 +398,10 @@ RESULT_FIELDS = {
     "benchmark": (_nullable(_obj(BENCHMARK_FIELDS)), True),
     "load_s": (_nullable(_num), True),  # program load (runtime construction + method load)
     "prefill_tok_per_s": (_map(_num, 32, _prompt_key), True),  # median per prompt length
-    "decode_tok_per_s": (_nullable(_num), True),  # median over all runs (null when ok from a backend without timing, e.g. artifact-check)
+    "decode_tok_per_s": (
+        _nullable(_num),
+        True,
+    ),  # median over all runs (null when ok from a backend without timing, e.g. artifact-check)
     "decode_tok_per_s_by_prompt": (_map(_num, 32, _prompt_key), True),
     "peak_rss_bytes": (_nullable(_int(0, 2**62)), True),  # peak RSS of the benchmark process
     "baseline_rss_bytes": (_nullable(_int(0, 2**62)), True),  # its RSS before loading
@@ -399,10 +412,16 @@ RESULT_FIELDS = {
 
 
 def validate_job(doc: Any) -> dict:
-    if isinstance(doc, dict) and doc.get("kind") == JOB_KIND and "version" in doc \
-            and doc["version"] != PROTOCOL_VERSION:
-        raise ProtocolError(f"job.version: {doc['version']!r} is not supported; this device "
-                            f"lab speaks version {PROTOCOL_VERSION}")
+    if (
+        isinstance(doc, dict)
+        and doc.get("kind") == JOB_KIND
+        and "version" in doc
+        and doc["version"] != PROTOCOL_VERSION
+    ):
+        raise ProtocolError(
+            f"job.version: {doc['version']!r} is not supported; this device "
+            f"lab speaks version {PROTOCOL_VERSION}"
+        )
     validate_fields(doc, JOB_FIELDS, "job")
     return doc
 
@@ -412,34 +431,67 @@ def validate_result(doc: Any) -> dict:
     return doc
 
 
-def make_job(*, job_id: str, artifact: dict, tokenizer: dict, benchmark: dict,
-             backend: str = "local-cpu", deadline_s: float = 3600.0,
-             labels: Optional[dict] = None, now: Optional[_dt.datetime] = None) -> dict:
+def make_job(
+    *,
+    job_id: str,
+    artifact: dict,
+    tokenizer: dict,
+    benchmark: dict,
+    backend: str = "local-cpu",
+    deadline_s: float = 3600.0,
+    labels: Optional[dict] = None,
+    now: Optional[_dt.datetime] = None,
+) -> dict:
     now = now or utcnow()
-    doc = {"kind": JOB_KIND, "version": PROTOCOL_VERSION, "job_id": job_id,
-           "created_at": format_time(now),
-           "deadline": format_time(now + _dt.timedelta(seconds=deadline_s)),
-           "backend": backend, "artifact": dict(artifact), "tokenizer": dict(tokenizer),
-           "benchmark": dict(benchmark)}
+    doc = {
+        "kind": JOB_KIND,
+        "version": PROTOCOL_VERSION,
+        "job_id": job_id,
+        "created_at": format_time(now),
+        "deadline": format_time(now + _dt.timedelta(seconds=deadline_s)),
+        "backend": backend,
+        "artifact": dict(artifact),
+        "tokenizer": dict(tokenizer),
+        "benchmark": dict(benchmark),
+    }
     if labels:
         doc["labels"] = dict(labels)
     return validate_job(doc)
 
 
-def make_result(job_id: str, status: str, reason: Optional[str] = None, *,
-                job: Optional[dict] = None, runner: Optional[dict] = None,
-                device: Optional[dict] = None, attempt: int = 0,
-                claimed_at: Optional[str] = None, started_at: Optional[str] = None,
-                measurement: Optional[dict] = None, errors: Optional[list] = None) -> dict:
+def make_result(
+    job_id: str,
+    status: str,
+    reason: Optional[str] = None,
+    *,
+    job: Optional[dict] = None,
+    runner: Optional[dict] = None,
+    device: Optional[dict] = None,
+    attempt: int = 0,
+    claimed_at: Optional[str] = None,
+    started_at: Optional[str] = None,
+    measurement: Optional[dict] = None,
+    errors: Optional[list] = None,
+) -> dict:
     """A complete result document; ``measurement`` holds the backend's numbers."""
     m = measurement or {}
     doc = {
-        "kind": RESULT_KIND, "version": PROTOCOL_VERSION, "job_id": job_id,
-        "status": status, "reason": None if reason is None else redact(reason),
-        "backend": job.get("backend") if isinstance(job, dict) and isinstance(job.get("backend"), str) else None,
-        "runner": dict(runner or {}), "device": dict(device or {}), "attempt": attempt,
-        "claimed_at": claimed_at, "started_at": started_at, "finished_at": format_time(utcnow()),
-        "artifact_sha256": None, "benchmark": None,
+        "kind": RESULT_KIND,
+        "version": PROTOCOL_VERSION,
+        "job_id": job_id,
+        "status": status,
+        "reason": None if reason is None else redact(reason),
+        "backend": job.get("backend")
+        if isinstance(job, dict) and isinstance(job.get("backend"), str)
+        else None,
+        "runner": dict(runner or {}),
+        "device": dict(device or {}),
+        "attempt": attempt,
+        "claimed_at": claimed_at,
+        "started_at": started_at,
+        "finished_at": format_time(utcnow()),
+        "artifact_sha256": None,
+        "benchmark": None,
         "load_s": m.get("load_s"),
         "prefill_tok_per_s": dict(m.get("prefill_tok_per_s") or {}),
         "decode_tok_per_s": m.get("decode_tok_per_s"),
@@ -458,6 +510,6 @@ def make_result(job_id: str, status: str, reason: Optional[str] = None, *,
             doc["labels"] = dict(job.get("labels") or {})
         except ProtocolError:
             pass
-    if doc["backend"] is not None and not _BACKEND_RE.match(doc["backend"]):
+    if not isinstance(doc["backend"], str) or not _BACKEND_RE.match(doc["backend"]):
         doc["backend"] = None
     return validate_result(doc)

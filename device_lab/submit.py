@@ -25,31 +25,47 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 from .queue import MalformedResult, Queue
-from .schema import (redact, BENCHMARK_FIELDS, ProtocolError, artifact_key_from_uri, check_name,
-                     make_job, new_job_id, parse_queue_uri, validate_fields)
+from .schema import (
+    BENCHMARK_FIELDS,
+    ProtocolError,
+    artifact_key_from_uri,
+    check_name,
+    make_job,
+    new_job_id,
+    parse_queue_uri,
+    redact,
+    validate_fields,
+)
 from .transport import NotFound, Retry, TransportError, open_transport
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_QUEUE, EXIT_REJECTED, EXIT_TIMEOUT = 0, 1, 2, 3, 4, 5
-DEFAULT_BENCHMARK = {"prompt_lengths": [32, 128], "decode_tokens": 32, "repeats": 3,
-                     "warmup": 1, "threads": 1}
+DEFAULT_BENCHMARK = {
+    "prompt_lengths": [32, 128],
+    "decode_tokens": 32,
+    "repeats": 3,
+    "warmup": 1,
+    "threads": 1,
+}
 
 
-def file_ref(queue: Queue, source: str | Path, what: str) -> dict:
+def file_ref(queue: Queue, source: str | os.PathLike, what: str) -> dict:
     """A job file reference for a local file (uploaded) or a URI in the artifact area."""
     text = str(source)
     if "://" in text:
         if not text.startswith(str(queue.uri) + "/"):
-            raise ProtocolError(f"--{what}: {text} is not in this queue ({queue.uri}); pass a "
-                                "local file to upload it")
+            raise ProtocolError(
+                f"--{what}: {text} is not in this queue ({queue.uri}); pass a local file to upload it"
+            )
         # The hash is the folder name; the size comes from the listing. The runner checks
         # both against the bytes it downloads, so nothing here has to be trusted.
-        parts = text[len(str(queue.uri)) + 1:].split("/")
+        parts = text[len(str(queue.uri)) + 1 :].split("/")
         sha = parts[1] if len(parts) == 3 else ""
         key = artifact_key_from_uri(queue.uri, text, sha, f"--{what}")
         sizes = [o.size_bytes for o in queue.transport.list(key) if o.key == key]
@@ -65,19 +81,34 @@ def file_ref(queue: Queue, source: str | Path, what: str) -> dict:
     return queue.put_artifact(path, check_name(name, f"--{what} file name"))
 
 
-def submit_job(queue: Queue, artifact: str | Path, tokenizer: str | Path, benchmark: dict, *,
-               backend: str = "local-cpu", deadline_s: float = 3600.0,
-               labels: Optional[dict] = None, job_id: Optional[str] = None) -> str:
+def submit_job(
+    queue: Queue,
+    artifact: str | os.PathLike,
+    tokenizer: str | os.PathLike,
+    benchmark: dict,
+    *,
+    backend: str = "local-cpu",
+    deadline_s: float = 3600.0,
+    labels: Optional[dict] = None,
+    job_id: Optional[str] = None,
+) -> str:
     """Upload the files (once per hash), put the job, return its id."""
     validate_fields(benchmark, BENCHMARK_FIELDS, "benchmark")
-    job = make_job(job_id=job_id or new_job_id(), artifact=file_ref(queue, artifact, "artifact"),
-                   tokenizer=file_ref(queue, tokenizer, "tokenizer"), benchmark=benchmark,
-                   backend=backend, deadline_s=deadline_s, labels=labels)
+    job = make_job(
+        job_id=job_id or new_job_id(),
+        artifact=file_ref(queue, artifact, "artifact"),
+        tokenizer=file_ref(queue, tokenizer, "tokenizer"),
+        benchmark=benchmark,
+        backend=backend,
+        deadline_s=deadline_s,
+        labels=labels,
+    )
     return queue.submit(job)
 
 
-def wait_for_result(queue: Queue, job_id: str, timeout_s: float, poll_s: float = 1.0,
-                    should_stop=None) -> Optional[dict]:
+def wait_for_result(
+    queue: Queue, job_id: str, timeout_s: float, poll_s: float = 1.0, should_stop=None
+) -> Optional[dict]:
     """The job's result document, or None if none came within ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -105,30 +136,49 @@ def _label(text: str) -> tuple[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="python -m device_lab.submit", description="Submit a device-lab profiling job.",
+        prog="python -m device_lab.submit",
+        description="Submit a device-lab profiling job.",
         epilog="exit codes: 0 submitted / result ok; 1 result error; 2 bad arguments or input "
-               "files; 3 queue unreachable or malformed result; 4 result rejected; 5 no result "
-               "within --wait")
+        "files; 3 queue unreachable or malformed result; 4 result rejected; 5 no result "
+        "within --wait",
+    )
     ap.add_argument("--queue", required=True, help="file:///abs/folder or s3://bucket/prefix")
     ap.add_argument("--artifact", help=".pte file (or its URI in the queue's artifacts/)")
     ap.add_argument("--tokenizer", help="tokenizer file (or its URI in the queue's artifacts/)")
     ap.add_argument("--result", metavar="JOB_ID", help="fetch (or --wait for) an existing job's result")
     ap.add_argument("--backend", default="local-cpu")
-    ap.add_argument("--prompt-lengths", type=_parse_lengths, default=DEFAULT_BENCHMARK["prompt_lengths"],
-                    help="prompt lengths in tokens, e.g. 32,128")
+    ap.add_argument(
+        "--prompt-lengths",
+        type=_parse_lengths,
+        default=DEFAULT_BENCHMARK["prompt_lengths"],
+        help="prompt lengths in tokens, e.g. 32,128",
+    )
     ap.add_argument("--decode-tokens", type=int, default=DEFAULT_BENCHMARK["decode_tokens"])
     ap.add_argument("--repeats", type=int, default=DEFAULT_BENCHMARK["repeats"])
     ap.add_argument("--warmup", type=int, default=DEFAULT_BENCHMARK["warmup"])
     ap.add_argument("--threads", type=int, default=DEFAULT_BENCHMARK["threads"])
-    ap.add_argument("--deadline-s", type=float, default=3600.0,
-                    help="the job must start within this many seconds (default 3600)")
+    ap.add_argument(
+        "--deadline-s",
+        type=float,
+        default=3600.0,
+        help="the job must start within this many seconds (default 3600)",
+    )
     ap.add_argument("--label", type=_label, action="append", default=[], help="KEY=VALUE (repeatable)")
-    ap.add_argument("--wait", type=float, default=None, metavar="SECONDS",
-                    help="wait for the result and print it on stdout (the id goes to stderr)")
+    ap.add_argument(
+        "--wait",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="wait for the result and print it on stdout (the id goes to stderr)",
+    )
     ap.add_argument("--poll-s", type=float, default=1.0)
     ap.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL_S3)")
-    ap.add_argument("--retry-attempts", type=int, default=5,
-                    help="tries per S3 request before reporting an error (backoff between)")
+    ap.add_argument(
+        "--retry-attempts",
+        type=int,
+        default=5,
+        help="tries per S3 request before reporting an error (backoff between)",
+    )
     return ap
 
 
@@ -146,8 +196,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if args.retry_attempts < 1:
             raise ProtocolError(f"--retry-attempts must be >= 1, got {args.retry_attempts}")
-        queue = Queue(open_transport(parse_queue_uri(args.queue, "--queue"), args.endpoint_url,
-                                     Retry(args.retry_attempts)))
+        queue = Queue(
+            open_transport(
+                parse_queue_uri(args.queue, "--queue"), args.endpoint_url, Retry(args.retry_attempts)
+            )
+        )
     except ProtocolError as e:
         print(f"error: {redact(e)}", file=sys.stderr)
         return EXIT_USAGE
@@ -158,12 +211,24 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.result is not None:
             job_id = check_name(args.result, "--result")
         else:
-            bench = {"prompt_lengths": args.prompt_lengths, "decode_tokens": args.decode_tokens,
-                     "repeats": args.repeats, "warmup": args.warmup, "threads": args.threads}
+            bench = {
+                "prompt_lengths": args.prompt_lengths,
+                "decode_tokens": args.decode_tokens,
+                "repeats": args.repeats,
+                "warmup": args.warmup,
+                "threads": args.threads,
+            }
             if args.deadline_s <= 0:
                 raise ProtocolError(f"--deadline-s must be > 0, got {args.deadline_s}")
-            job_id = submit_job(queue, args.artifact, args.tokenizer, bench, backend=args.backend,
-                                deadline_s=args.deadline_s, labels=dict(args.label) or None)
+            job_id = submit_job(
+                queue,
+                args.artifact,
+                args.tokenizer,
+                bench,
+                backend=args.backend,
+                deadline_s=args.deadline_s,
+                labels=dict(args.label) or None,
+            )
         if args.wait is None:
             if args.result is not None:
                 result = queue.read_result(job_id)
@@ -186,9 +251,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {redact(e)}", file=sys.stderr)
         return EXIT_QUEUE
     if result is None:
-        print(f"{job_id}: no result within {args.wait:g} s; the job stays queued. Later: "
-              f"python -m device_lab.submit --queue {queue.uri} --result {job_id} --wait SECONDS",
-              file=sys.stderr)
+        print(
+            f"{job_id}: no result within {args.wait:g} s; the job stays queued. Later: "
+            f"python -m device_lab.submit --queue {queue.uri} --result {job_id} --wait SECONDS",
+            file=sys.stderr,
+        )
         return EXIT_TIMEOUT
     print(json.dumps(result, indent=1, sort_keys=True))
     return _status_exit(result)

@@ -71,7 +71,7 @@ class Retry:
 
     def delays(self):
         for i in range(self.attempts - 1):
-            yield random.uniform(0, min(self.cap_s, self.base_s * 2 ** i))  # full jitter
+            yield random.uniform(0, min(self.cap_s, self.base_s * 2**i))  # full jitter
 
 
 def _check_key(key: str) -> str:
@@ -92,13 +92,23 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 class Transport:
     uri: QueueURI
 
-    def put_bytes(self, key: str, data: bytes) -> None: raise NotImplementedError
-    def get_bytes(self, key: str, max_bytes: Optional[int] = None) -> Optional[bytes]: raise NotImplementedError
-    def list(self, prefix: str) -> list[ObjectInfo]: raise NotImplementedError
-    def delete(self, key: str) -> None: raise NotImplementedError
-    def upload_file(self, key: str, path: Path) -> None: raise NotImplementedError
-    def _download(self, key: str, dest: Path, max_bytes: int,
-                  should_stop: Callable[[], bool]) -> None: raise NotImplementedError
+    def put_bytes(self, key: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def get_bytes(self, key: str, max_bytes: Optional[int] = None) -> Optional[bytes]:
+        raise NotImplementedError
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def upload_file(self, key: str, path: Path) -> None:
+        raise NotImplementedError
+
+    def _download(self, key: str, dest: Path, max_bytes: int, should_stop: Callable[[], bool]) -> None:
+        raise NotImplementedError
 
     def exists(self, key: str) -> bool:
         return any(o.key == key for o in self.list(key))
@@ -106,8 +116,9 @@ class Transport:
     def check(self) -> None:
         """Fail early, with a clear message, when the queue cannot be used at all."""
 
-    def download_file(self, key: str, dest: Path, max_bytes: int,
-                      should_stop: Optional[Callable[[], bool]] = None) -> tuple[str, int]:
+    def download_file(
+        self, key: str, dest: Path, max_bytes: int, should_stop: Optional[Callable[[], bool]] = None
+    ) -> tuple[str, int]:
         """Copy ``key`` to ``dest`` (atomically, via ``dest.part``); returns (sha256, size).
         Raises :class:`TooLarge` past ``max_bytes``, TransportError when missing, and
         :class:`Interrupted` (leaving nothing behind) as soon as ``should_stop()`` is true
@@ -118,8 +129,7 @@ class Transport:
             self._download(_check_key(key), part, max_bytes, should_stop or (lambda: False))
             size = part.stat().st_size
             if size > max_bytes:
-                raise TooLarge(f"{self.uri.uri_for(key)}: {size} bytes is over the limit of "
-                               f"{max_bytes}")
+                raise TooLarge(f"{self.uri.uri_for(key)}: {size} bytes is over the limit of {max_bytes}")
             digest = sha256_file(part)
             os.replace(part, dest)
             return digest, size
@@ -139,8 +149,9 @@ class LocalTransport(Transport):
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise TransportError(f"{uri}: cannot create the queue folder ({e.strerror}); "
-                                 "check the path and permissions") from None
+            raise TransportError(
+                f"{uri}: cannot create the queue folder ({e.strerror}); check the path and permissions"
+            ) from None
 
     def _path(self, key: str) -> Path:
         path = self.root / _check_key(key)
@@ -167,8 +178,9 @@ class LocalTransport(Transport):
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
-            raise NotRegular(f"{self.uri.uri_for(key)}: is not a regular file "
-                             f"(mode {stat.filemode(st.st_mode)})")
+            raise NotRegular(
+                f"{self.uri.uri_for(key)}: is not a regular file (mode {stat.filemode(st.st_mode)})"
+            )
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
 
@@ -194,6 +206,7 @@ class LocalTransport(Transport):
                 os.replace(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)
+
         self._wrap("PUT", key, put)
 
     def get_bytes(self, key: str, max_bytes: Optional[int] = None) -> Optional[bytes]:
@@ -208,6 +221,7 @@ class LocalTransport(Transport):
             if max_bytes is not None and len(data) > max_bytes:
                 raise TooLarge(f"{self.uri.uri_for(key)}: over the limit of {max_bytes} bytes")
             return data
+
         return self._wrap("GET", key, get)
 
     def list(self, prefix: str) -> list[ObjectInfo]:
@@ -232,6 +246,7 @@ class LocalTransport(Transport):
                     except FileNotFoundError:  # deleted while listing
                         continue
                     out.append(ObjectInfo(key, st.st_size, st.st_mtime))
+
         self._wrap("LIST", prefix or ".", walk)
         return out
 
@@ -251,6 +266,7 @@ class LocalTransport(Transport):
                     parent.rmdir()
                 except OSError:
                     break
+
         self._wrap("DELETE", key, rm)
 
     def upload_file(self, key: str, path: Path) -> None:
@@ -266,10 +282,10 @@ class LocalTransport(Transport):
                 os.replace(tmp, dest)
             finally:
                 tmp.unlink(missing_ok=True)
+
         self._wrap("UPLOAD", key, up)
 
-    def _download(self, key: str, dest: Path, max_bytes: int,
-                  should_stop: Callable[[], bool]) -> None:
+    def _download(self, key: str, dest: Path, max_bytes: int, should_stop: Callable[[], bool]) -> None:
         src_path = self._path(key)
 
         def down():
@@ -286,39 +302,67 @@ class LocalTransport(Transport):
                     if n > max_bytes:
                         raise TooLarge(f"{self.uri.uri_for(key)}: over the limit of {max_bytes} bytes")
                     dst.write(block)
+
         self._wrap("GET", key, down)
 
 
 # S3 error codes that mean "try again"; everything else is reported at once.
-_RETRY_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
-                "RequestTimeTooSkewed", "Throttling", "ThrottlingException", "500", "502",
-                "503", "504", "OperationAborted"}
-_AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403",
-               "ExpiredToken", "InvalidToken"}
+_RETRY_CODES = {
+    "InternalError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "Throttling",
+    "ThrottlingException",
+    "500",
+    "502",
+    "503",
+    "504",
+    "OperationAborted",
+}
+_AUTH_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "403",
+    "ExpiredToken",
+    "InvalidToken",
+}
 
 
 class S3Transport(Transport):
     """An S3 bucket (any S3-compatible endpoint) through boto3, with retries."""
 
-    def __init__(self, uri: QueueURI, endpoint_url: Optional[str] = None,
-                 retry: Retry = Retry(), client=None):
+    def __init__(
+        self, uri: QueueURI, endpoint_url: Optional[str] = None, retry: Retry = Retry(), client=None
+    ):
         import boto3
         from botocore.config import Config
 
         self.uri, self.retry = uri, retry
         self.bucket = uri.bucket
         self._prefix = f"{uri.prefix}/" if uri.prefix else ""
-        endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") \
-            or os.environ.get("AWS_ENDPOINT_URL") or None
+        endpoint_url = (
+            endpoint_url
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+            or None
+        )
         if endpoint_url and "@" in endpoint_url.split("//", 1)[-1].split("/", 1)[0]:
-            raise ProtocolError("the S3 endpoint URL contains credentials (user:password@); "
-                                 "give them through AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY")
+            raise ProtocolError(
+                "the S3 endpoint URL contains credentials (user:password@); "
+                "give them through AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+            )
         self.endpoint_url = endpoint_url
         # botocore retries once at most: our own loop below does the backoff and reports.
-        cfg = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5,
-                     read_timeout=60, s3={"addressing_style": "path"})
-        self.client = client or boto3.session.Session().client(
-            "s3", endpoint_url=endpoint_url, config=cfg)
+        cfg = Config(
+            retries={"max_attempts": 1, "mode": "standard"},
+            connect_timeout=5,
+            read_timeout=60,
+            s3={"addressing_style": "path"},
+        )
+        self.client = client or boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=cfg)
 
     def _k(self, key: str) -> str:
         return self._prefix + _check_key(key)
@@ -332,20 +376,25 @@ class S3Transport(Transport):
             try:
                 return fn()
             except NoCredentialsError:
-                raise TransportError(f"{op} {where}: no S3 credentials; set AWS_ACCESS_KEY_ID "
-                                     "and AWS_SECRET_ACCESS_KEY (or an AWS profile)") from None
+                raise TransportError(
+                    f"{op} {where}: no S3 credentials; set AWS_ACCESS_KEY_ID "
+                    "and AWS_SECRET_ACCESS_KEY (or an AWS profile)"
+                ) from None
             except ClientError as e:
                 code = str(e.response.get("Error", {}).get("Code", ""))
                 status = str(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
                 if missing_ok and (code in ("NoSuchKey", "404", "NotFound") or status == "404"):
                     return None
                 if code == "NoSuchBucket":
-                    raise TransportError(f"{op} {where}: bucket {self.bucket!r} does not exist "
-                                         f"at {self.endpoint_url or 'the default endpoint'}; "
-                                         "create it first") from None
+                    raise TransportError(
+                        f"{op} {where}: bucket {self.bucket!r} does not exist "
+                        f"at {self.endpoint_url or 'the default endpoint'}; "
+                        "create it first"
+                    ) from None
                 if code in _AUTH_CODES or status == "403":
-                    raise TransportError(f"{op} {where}: access denied ({code}); check the "
-                                         "credentials in the environment") from None
+                    raise TransportError(
+                        f"{op} {where}: access denied ({code}); check the credentials in the environment"
+                    ) from None
                 if code not in _RETRY_CODES and status not in _RETRY_CODES:
                     raise TransportError(f"{op} {where} failed: {code or status}") from None
                 err = f"{code or status}"
@@ -353,15 +402,18 @@ class S3Transport(Transport):
                 err = type(e).__name__
             delay = next(delays, None)
             if delay is None:
-                raise TransportError(f"{op} {where} failed after {self.retry.attempts} "
-                                     f"attempts ({err}); is the S3 endpoint "
-                                     f"{self.endpoint_url or '(default)'} up?")
+                raise TransportError(
+                    f"{op} {where} failed after {self.retry.attempts} "
+                    f"attempts ({err}); is the S3 endpoint "
+                    f"{self.endpoint_url or '(default)'} up?"
+                )
             log.warning("%s %s: %s; retrying in %.2f s", op, where, err, delay)
             time.sleep(delay)
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        self._call("PUT", key, lambda: self.client.put_object(
-            Bucket=self.bucket, Key=self._k(key), Body=data))
+        self._call(
+            "PUT", key, lambda: self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data)
+        )
 
     def get_bytes(self, key: str, max_bytes: Optional[int] = None) -> Optional[bytes]:
         def get():
@@ -370,37 +422,42 @@ class S3Transport(Transport):
                 resp["Body"].close()
                 raise TooLarge(f"{self.uri.uri_for(key)}: over the limit of {max_bytes} bytes")
             return resp["Body"].read()
+
         return self._call("GET", key, get, missing_ok=True)
 
     def list(self, prefix: str) -> list[ObjectInfo]:
         def lst():
             out = []
             pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=self._prefix + prefix)
+                Bucket=self.bucket, Prefix=self._prefix + prefix
+            )
             for page in pages:
                 for obj in page.get("Contents", []):
-                    key = obj["Key"][len(self._prefix):]
-                    out.append(ObjectInfo(key, obj.get("Size", 0),
-                                          obj["LastModified"].timestamp()))
+                    key = obj["Key"][len(self._prefix) :]
+                    out.append(ObjectInfo(key, obj.get("Size", 0), obj["LastModified"].timestamp()))
             return sorted(out, key=lambda o: o.key)
+
         return self._call("LIST", prefix, lst)
 
     def delete(self, key: str) -> None:
-        self._call("DELETE", key, lambda: self.client.delete_object(
-            Bucket=self.bucket, Key=self._k(key)), missing_ok=True)
+        self._call(
+            "DELETE",
+            key,
+            lambda: self.client.delete_object(Bucket=self.bucket, Key=self._k(key)),
+            missing_ok=True,
+        )
 
     def upload_file(self, key: str, path: Path) -> None:
-        self._call("UPLOAD", key, lambda: self.client.upload_file(
-            str(path), self.bucket, self._k(key)))
+        self._call("UPLOAD", key, lambda: self.client.upload_file(str(path), self.bucket, self._k(key)))
 
-    def _download(self, key: str, dest: Path, max_bytes: int,
-                  should_stop: Callable[[], bool]) -> None:
+    def _download(self, key: str, dest: Path, max_bytes: int, should_stop: Callable[[], bool]) -> None:
         def down():
             resp = self.client.get_object(Bucket=self.bucket, Key=self._k(key))
             if resp.get("ContentLength", 0) > max_bytes:
                 resp["Body"].close()
-                raise TooLarge(f"{self.uri.uri_for(key)}: {resp['ContentLength']} bytes is over "
-                               f"the limit of {max_bytes}")
+                raise TooLarge(
+                    f"{self.uri.uri_for(key)}: {resp['ContentLength']} bytes is over the limit of {max_bytes}"
+                )
             with open(dest, "wb") as f:
                 for block in resp["Body"].iter_chunks(1 << 20):
                     if should_stop():  # each read waits at most the client's read timeout
@@ -408,6 +465,7 @@ class S3Transport(Transport):
                         raise Interrupted(f"{self.uri.uri_for(key)}: download stopped")
                     f.write(block)
             return True
+
         if self._call("GET", key, down, missing_ok=True) is None:
             raise NotFound(f"{self.uri.uri_for(key)}: not found")
 
@@ -418,9 +476,13 @@ class S3Transport(Transport):
             except Exception as e:  # HEAD has no body: a 404 carries no NoSuchBucket code
                 from botocore.exceptions import ClientError
 
-                if isinstance(e, ClientError) and str(e.response.get("Error", {}).get("Code")) in ("404", "NoSuchBucket"):
+                if isinstance(e, ClientError) and str(e.response.get("Error", {}).get("Code")) in (
+                    "404",
+                    "NoSuchBucket",
+                ):
                     e.response["Error"]["Code"] = "NoSuchBucket"
                 raise
+
         self._call("HEAD", "", head)
 
     def close(self) -> None:
@@ -430,14 +492,18 @@ class S3Transport(Transport):
             pass
 
 
-def open_transport(uri: str | QueueURI, endpoint_url: Optional[str] = None,
-                   retry: Retry = Retry()) -> Transport:
+def open_transport(
+    uri: str | QueueURI, endpoint_url: Optional[str] = None, retry: Retry = Retry()
+) -> Transport:
     """A transport for a queue URI (``file:///abs`` or ``s3://bucket/prefix``)."""
     try:
         parsed = uri if isinstance(uri, QueueURI) else parse_queue_uri(uri)
     except ProtocolError as e:
         raise TransportError(str(e)) from None
-    transport = LocalTransport(parsed) if parsed.scheme == "file" else \
-        S3Transport(parsed, endpoint_url=endpoint_url, retry=retry)
+    transport = (
+        LocalTransport(parsed)
+        if parsed.scheme == "file"
+        else S3Transport(parsed, endpoint_url=endpoint_url, retry=retry)
+    )
     transport.check()
     return transport

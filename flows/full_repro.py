@@ -5,9 +5,9 @@
 
 The configuration is the project's params.yaml (a Metaflow Config, read once per run);
 DVC versions the same file. Each step is thin: it calls one function of
-``mobilemoe.pipeline`` and keeps small references (paths, hashes, MLflow run ids).
+``mobilemoe.pipeline`` and keeps the ``StageRef`` it returns (paths, hashes, MLflow run ids).
 Stage outputs are cached by (params, inputs, code): after editing params.yaml, a new
-``run`` redoes only the stages whose inputs changed (see README, "Rerun one stage").
+``run`` redoes only the stages whose inputs changed (docs/pipeline.md, "Rerun one stage").
 """
 
 import contextlib
@@ -80,8 +80,12 @@ def _threads(ctx):
 
 
 class FullReproFlow(FlowSpec):
-    config = Config("config", default=lambda ctx: str(Path(os.environ["MOBILEMOE_ROOT"]) / "params.yaml"),
-                    parser=_yaml, help="the project's params.yaml (do not point it elsewhere)")
+    config = Config(
+        "config",
+        default=lambda ctx: str(Path(os.environ["MOBILEMOE_ROOT"]) / "params.yaml"),
+        parser=_yaml,
+        help="the project's params.yaml (do not point it elsewhere)",
+    )
 
     @card(type="blank")
     @step
@@ -94,8 +98,10 @@ class FullReproFlow(FlowSpec):
         params = self.ctx.parsed
         acc = account(params.model, params.scaling.context)
         self.accounting = acc.to_dict()
-        cards.markdown(current.card, f"# {params.model.name}: architecture\n"
-                                     f"MLflow pipeline run `{self.ctx.pipeline_run_id}`")
+        cards.markdown(
+            current.card,
+            f"# {params.model.name}: architecture\nMLflow pipeline run `{self.ctx.pipeline_run_id}`",
+        )
         cards.table(current.card, list(self.accounting.items()))
         self.next(self.curate)
 
@@ -106,10 +112,10 @@ class FullReproFlow(FlowSpec):
 
         with _user_errors(self.ctx):
             self.data = pipeline.curate(_here(self.ctx))
-        self.ctx.data_version = self.data["data_version"]  # every later stage records it
+        self.ctx = pipeline.with_data_version(self.ctx, self.data)  # every later stage records it
         cards.markdown(current.card, "# curate (DVC)")
-        cards.table(current.card, sorted(self.data["data_version"].items()), ("output", "md5"))
-        cards.table(current.card, list(pipeline._flatten_numbers(self.data["stats"]).items())[:60])
+        cards.table(current.card, sorted(self.data.data_version.items()), ("output", "md5"))
+        cards.table(current.card, list(pipeline.flatten_numbers(self.data.stats).items())[:60])
         self.next(self.pretrain)
 
     def _train(self, stage, upstream):
@@ -119,7 +125,6 @@ class FullReproFlow(FlowSpec):
         with _user_errors(self.ctx):
             ref = pipeline.train_stage(_here(self.ctx), stage, upstream)
         cards.stage_card(current.card, ref, self.ctx.parsed.model.vocab_size)
-        ref.pop("history", None)  # plotted; keep the artifact small
         return ref
 
     @card(type="blank")
@@ -164,10 +169,8 @@ class FullReproFlow(FlowSpec):
 
         _threads(self.ctx)
         with _user_errors(self.ctx):
-            ref = pipeline.eval_stage(_here(self.ctx), self.qat_model, self.exported)
-        cards.eval_card(current.card, ref)
-        ref.pop("results", None)  # in the card and MLflow; keep the artifact small
-        self.evaluated = ref
+            self.evaluated = pipeline.eval_stage(_here(self.ctx), self.qat_model, self.exported)
+        cards.eval_card(current.card, self.evaluated)
         self.next(self.join)
 
     @card(type="blank")
@@ -188,10 +191,8 @@ class FullReproFlow(FlowSpec):
 
         _threads(self.ctx)
         with _user_errors(self.ctx):
-            ref = pipeline.dense_baseline_stage(_here(self.ctx), self.pretrained)
-        cards.dense_card(current.card, ref)
-        ref.pop("history", None)
-        self.dense = ref
+            self.dense = pipeline.dense_baseline_stage(_here(self.ctx), self.pretrained)
+        cards.dense_card(current.card, self.dense)
         self.next(self.join)
 
     @card(type="blank")
@@ -199,8 +200,19 @@ class FullReproFlow(FlowSpec):
     def join(self, inputs):
         from mobilemoe import cards
 
-        self.merge_artifacts(inputs, include=["ctx", "accounting", "data", "pretrained", "midtrained",
-                                              "sft_model", "qat_model", "exported"])
+        self.merge_artifacts(
+            inputs,
+            include=[
+                "ctx",
+                "accounting",
+                "data",
+                "pretrained",
+                "midtrained",
+                "sft_model",
+                "qat_model",
+                "exported",
+            ],
+        )
         self.evaluated = inputs.eval.evaluated
         self.profile = inputs.device_profile.profile
         self.dense = inputs.dense_baseline.dense
@@ -213,8 +225,8 @@ class FullReproFlow(FlowSpec):
 
         pipeline.finish(self.ctx)
         print(f"done: MLflow pipeline run {self.ctx.pipeline_run_id}")
-        print(f"  .pte: {self.exported['pte']} (LoggedModel {self.exported.get('model_id')})")
-        print(f"  lineage: mobilemoe lineage --pte {self.exported['pte']}")
+        print(f"  .pte: {self.exported.pte} (LoggedModel {self.exported.model_id})")
+        print(f"  lineage: mobilemoe lineage --pte {self.exported.pte}")
 
 
 if __name__ == "__main__":

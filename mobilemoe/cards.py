@@ -1,14 +1,19 @@
 """Metaflow card content for the pipeline's steps: plots people look at, tables they read.
 
 Each function takes the step's ``current.card`` (or any list-like that accepts
-components) and the small reference the step produced. Plots are matplotlib figures
-embedded as images, so a card is one self-contained HTML file.
+components) and the :class:`~mobilemoe.pipeline.StageRef` the step produced; it reads the
+reference's fields and the files it points to (loss curves, evaluation results) and
+never changes it. Plots are matplotlib figures embedded as images, so a card is one
+self-contained HTML file.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from .pipeline import DenseRef, EvalRef, ExportRef, ProfileRef, TrainRef
 
 
 def _plt():
@@ -53,21 +58,26 @@ def val_drop_sentence(stage: str, first: Optional[float], last: Optional[float])
     drop = first - last
     pct = 100 * drop / first if first else float("nan")
     verb = "fell" if drop > 0 else "ROSE"
-    return (f"**{stage}**: validation loss {verb} from {first:.4f} to {last:.4f} "
-            f"({'-' if drop > 0 else '+'}{abs(drop):.4f}, {'-' if drop > 0 else '+'}{abs(pct):.1f}%).")
+    return (
+        f"**{stage}**: validation loss {verb} from {first:.4f} to {last:.4f} "
+        f"({'-' if drop > 0 else '+'}{abs(drop):.4f}, {'-' if drop > 0 else '+'}{abs(pct):.1f}%)."
+    )
 
 
-def stage_card(card, ref: dict, vocab_size: Optional[int] = None) -> None:
+def stage_card(card, ref: TrainRef, vocab_size: Optional[int] = None) -> None:
     """Loss curves (train and validation) as a plot, key numbers as a table."""
-    s = ref.get("summary", {})
-    stage = ref.get("stage", "stage")
-    markdown(card, f"# {stage}" + (" (reused from cache)" if ref.get("reused") else ""))
+    s = ref.summary
+    stage = ref.stage
+    markdown(card, f"# {stage}" + (" (reused from cache)" if ref.reused else ""))
     markdown(card, val_drop_sentence(stage, s.get("first_val_loss"), s.get("last_val_loss")))
     if vocab_size and s.get("last_val_loss") is not None and stage == "pretrain":
         ratio = s["last_val_loss"] / math.log(vocab_size)
-        markdown(card, f"Final validation loss is {100 * ratio:.1f}% of ln(vocab) = "
-                       f"{math.log(vocab_size):.3f} (uniform guessing).")
-    hist = ref.get("history") or {}
+        markdown(
+            card,
+            f"Final validation loss is {100 * ratio:.1f}% of ln(vocab) = "
+            f"{math.log(vocab_size):.3f} (uniform guessing).",
+        )
+    hist = ref.history()
     if hist.get("train") or hist.get("val"):
         plt = _plt()
         fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -84,8 +94,11 @@ def stage_card(card, ref: dict, vocab_size: Optional[int] = None) -> None:
         ax.legend()
         figure(card, fig)
     rows = [(k, v) for k, v in s.items() if isinstance(v, (int, float, str))]
-    rows += [("checkpoint sha256", ref.get("checkpoint_sha256", "")[:16] + "..."),
-             ("MLflow run", ref.get("run_id")), ("produced by run", ref.get("produced_by_run_id"))]
+    rows += [
+        ("checkpoint sha256", ref.checkpoint_sha256[:16] + "..."),
+        ("MLflow run", ref.run_id),
+        ("produced by run", ref.produced_by_run_id),
+    ]
     table(card, rows)
     load = hist.get("expert_load")
     if load:
@@ -102,120 +115,126 @@ def stage_card(card, ref: dict, vocab_size: Optional[int] = None) -> None:
         figure(card, fig)
 
 
-def bar_chart(card, title: str, labels: list[str], series: dict[str, list[float]],
-              ylabel: str, reference: Optional[dict[str, float]] = None) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(labels) + 2), 3.8))
-    n = max(1, len(series))
-    width = 0.8 / n
-    for i, (name, values) in enumerate(series.items()):
-        xs = [j + (i - (n - 1) / 2) * width for j in range(len(labels))]
-        ax.bar(xs, values, width=width, label=name)
-    if reference:
-        for j, lab in enumerate(labels):
-            if lab in reference:
-                ax.plot([j - 0.4, j + 0.4], [reference[lab]] * 2, "k--", lw=1)
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, rotation=30, ha="right")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    if n > 1:
-        ax.legend()
-    fig.tight_layout()
-    figure(card, fig)
-
-
-def export_card(card, ref: dict) -> None:
+def export_card(card, ref: ExportRef) -> None:
     """The program: size against the accounted weights, operators, parity."""
     import json
     from pathlib import Path
 
-    report = json.loads(Path(ref["report_path"]).read_text())
-    markdown(card, "# export" + (" (reused from cache)" if ref.get("reused") else ""))
+    report = json.loads(Path(ref.report_path).read_text())
+    markdown(card, "# export" + (" (reused from cache)" if ref.reused else ""))
     q = report.get("quantization", {})
     size = report["size"]
-    markdown(card, f"`{ref['pte']}`: **{size['program_bytes'] / 2 ** 20:.2f} MiB** "
-                   f"({q.get('scheme')}, group {q.get('group_size')}; fp32 weights would be "
-                   f"{size['fp32_weight_bytes'] / 2 ** 20:.2f} MiB, INT4 accounting "
-                   f"{size['int4_weight_bytes_accounted'] / 2 ** 20:.2f} MiB). "
-                   f"LoggedModel `{ref.get('model_id')}`.")
+    markdown(
+        card,
+        f"`{ref.pte}`: **{size['program_bytes'] / 2**20:.2f} MiB** "
+        f"({q.get('scheme')}, group {q.get('group_size')}; fp32 weights would be "
+        f"{size['fp32_weight_bytes'] / 2**20:.2f} MiB, INT4 accounting "
+        f"{size['int4_weight_bytes_accounted'] / 2**20:.2f} MiB). "
+        f"LoggedModel `{ref.model_id}`.",
+    )
     ops = report.get("operators", {})
-    rows = [("delegated to XNNPACK (ops)", ops.get("delegated_ops")),
-            ("portable (ops)", ops.get("portable_ops")), ("partitions", ops.get("partitions")),
-            ("export time (s)", report.get("export_s")), ("pte sha256", ref["pte_sha256"][:16] + "...")]
+    rows = [
+        ("delegated to XNNPACK (ops)", ops.get("delegated_ops")),
+        ("portable (ops)", ops.get("portable_ops")),
+        ("partitions", ops.get("partitions")),
+        ("export time (s)", report.get("export_s")),
+        ("pte sha256", ref.pte_sha256[:16] + "..."),
+    ]
     parity = report.get("parity") or {}
     if parity:
-        rows += [("parity: max |logit diff| (eager converted vs .pte)", parity.get("max_abs_logit_diff")),
-                 ("parity: tolerance", parity.get("tolerance")),
-                 ("parity: identical greedy tokens", parity.get("identical_greedy_tokens")),
-                 ("parity: passed", parity.get("passed"))]
+        rows += [
+            ("parity: max |logit diff| (eager converted vs .pte)", parity.get("max_abs_logit_diff")),
+            ("parity: tolerance", parity.get("tolerance")),
+            ("parity: identical greedy tokens", parity.get("identical_greedy_tokens")),
+            ("parity: passed", parity.get("passed")),
+        ]
     table(card, rows)
     per_layer = ops.get("per_layer") or {}
     if per_layer:
-        table(card, [(k, f"{v['delegated']} delegated, {v['portable']} portable "
-                         f"{', '.join(f'{o}x{n}' for o, n in v['portable_ops'].items())}")
-                     for k, v in per_layer.items()], ("layer", "operators"))
+        table(
+            card,
+            [
+                (
+                    k,
+                    f"{v['delegated']} delegated, {v['portable']} portable "
+                    f"{', '.join(f'{o}x{n}' for o, n in v['portable_ops'].items())}",
+                )
+                for k, v in per_layer.items()
+            ],
+            ("layer", "operators"),
+        )
 
 
-def eval_card(card, ref: dict) -> None:
+def eval_card(card, ref: EvalRef) -> None:
     """Scores of the checkpoint and of the .pte side by side, a bar chart, the paper's table."""
     from .eval.report import markdown_comparison, markdown_results, paper_comparison, plot_results
 
-    results = ref.get("results") or {}
-    markdown(card, "# eval (lm-eval)" + (" (reused from cache)" if ref.get("reused") else ""))
+    results = ref.results()
+    markdown(card, "# eval (lm-eval)" + (" (reused from cache)" if ref.reused else ""))
     if not results:
         markdown(card, "no results")
         return
     labels = {"checkpoint": "QAT checkpoint (eager)", "pte": "INT4 .pte (ExecuTorch)"}
     by_model = {labels.get(k, k): v for k, v in results.items()}
     settings = next(iter(results.values()))["settings"]
-    markdown(card, f"limit {settings.get('limit')} documents per task, {settings.get('num_fewshot')}-shot, "
-                   f"source {settings.get('source')}. Stderr is lm-eval's; 'chance' is the score of "
-                   "uniform guessing.")
+    markdown(
+        card,
+        f"limit {settings.get('limit')} documents per task, {settings.get('num_fewshot')}-shot, "
+        f"source {settings.get('source')}. Stderr is lm-eval's; 'chance' is the score of "
+        "uniform guessing.",
+    )
     markdown(card, markdown_results(by_model))
     figure(card, plot_results(by_model))
     rows = paper_comparison(results.get("pte") or results["checkpoint"])
     if rows:
-        markdown(card, "## Against the numbers PAPER.md reports (paper-scale models, labelled)")
+        markdown(card, "## Against the numbers the paper reports (paper-scale models, labelled)")
         markdown(card, markdown_comparison(rows))
 
 
-def device_card(card, ref: dict) -> None:
+def device_card(card, ref: ProfileRef) -> None:
     """Tokens/s by prompt length (plot) and the result document's key numbers."""
     from .device_profile import decode_ops, plot_tok_per_s
 
-    r = ref.get("result", {})
-    markdown(card, "# device profile" + (" (reused from cache)" if ref.get("reused") else ""))
-    markdown(card, f"status **{r.get('status')}**" + (f": {r.get('reason')}" if r.get("reason") else "")
-             + f" on {r.get('device', {}).get('description', '?')}")
+    r = ref.result
+    markdown(card, "# device profile" + (" (reused from cache)" if ref.reused else ""))
+    markdown(
+        card,
+        f"status **{r.get('status')}**"
+        + (f": {r.get('reason')}" if r.get("reason") else "")
+        + f" on {r.get('device', {}).get('description', '?')}",
+    )
     figure(card, plot_tok_per_s(r))
-    table(card, sorted(ref.get("summary", {}).items()))
+    table(card, sorted(ref.summary.items()))
     ops = decode_ops(r)
     if ops:
         markdown(card, "## one decode step, slowest operators (ExecuTorch ETDump)")
         table(card, [(op, f"{ms:.3f} ms x{calls}") for op, ms, calls in ops], ("operator", "time, calls"))
 
 
-def dense_card(card, ref: dict) -> None:
+def dense_card(card, ref: DenseRef) -> None:
     """The science check: MoE vs dense at equal active parameters and tokens."""
-    c = ref.get("comparison") or {}
+    c = ref.comparison
     markdown(card, "# science check: MoE vs dense with the same active parameters")
     moe, dense = c.get("moe", {}), c.get("dense", {})
     if moe.get("val_loss") is not None and dense.get("val_loss") is not None:
         d = c["val_loss_delta"]
         better = "lower" if d < 0 else "higher"
-        markdown(card, f"On the same {c.get('tokens')} pre-training tokens, the MoE's validation loss "
-                       f"is **{abs(d):.4f} nats {better}** than the dense model's "
-                       f"({moe['val_loss']:.4f} vs {dense['val_loss']:.4f}).")
+        markdown(
+            card,
+            f"On the same {c.get('tokens')} pre-training tokens, the MoE's validation loss "
+            f"is **{abs(d):.4f} nats {better}** than the dense model's "
+            f"({moe['val_loss']:.4f} vs {dense['val_loss']:.4f}).",
+        )
     rows = []
     for key in ("model", "val_loss", "active_params", "total_params", "flops_per_token", "tok_per_s"):
         rows.append((key, f"{_fmt(moe.get(key))} | {_fmt(dense.get(key))}"))
-    prof = (ref.get("profile") or {}).get("summary") or {}
+    prof = ref.profile.summary if ref.profile else {}
     if prof.get("device_decode_tok_per_s") is not None:
-        rows.append(("decode tok/s (device lab)", f"see device_profile | {prof['device_decode_tok_per_s']:.1f}"))
+        rows.append(
+            ("decode tok/s (device lab)", f"see device_profile | {prof['device_decode_tok_per_s']:.1f}")
+        )
     table(card, rows, ("", "MoE | dense"))
-    hist = ref.get("history") or {}
+    hist = ref.history()
     if hist.get("val"):
         plt = _plt()
         fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -230,33 +249,43 @@ def dense_card(card, ref: dict) -> None:
 
 def summary_card(card, flow) -> None:
     """The run at a glance: every stage's headline number and MLflow run."""
-    markdown(card, f"# {flow.ctx.parsed.model.name}: pipeline summary\n"
-                   f"MLflow pipeline run `{flow.ctx.pipeline_run_id}`")
+    markdown(
+        card,
+        f"# {flow.ctx.parsed.model.name}: pipeline summary\nMLflow pipeline run `{flow.ctx.pipeline_run_id}`",
+    )
     rows = []
     for name in ("pretrained", "midtrained", "sft_model", "qat_model"):
         ref = getattr(flow, name)
-        s = ref.get("summary", {})
-        rows.append((ref["stage"], f"val loss {_fmt(s.get('first_val_loss'))} -> "
-                                   f"{_fmt(s.get('last_val_loss'))}; run {ref['run_id']}"
-                                   + (" (reused)" if ref.get("reused") else "")))
+        s = ref.summary
+        rows.append(
+            (
+                ref.stage,
+                f"val loss {_fmt(s.get('first_val_loss'))} -> "
+                f"{_fmt(s.get('last_val_loss'))}; run {ref.run_id}" + (" (reused)" if ref.reused else ""),
+            )
+        )
     e = flow.exported
-    rows.append(("export", f"{e['summary'].get('program_mib', 0):.2f} MiB .pte; model {e.get('model_id')}"))
-    ev = flow.evaluated.get("summary", {})
+    rows.append(("export", f"{e.summary.get('program_mib', 0):.2f} MiB .pte; model {e.model_id}"))
+    ev = flow.evaluated.summary
     pte_scores = {k: v for k, v in ev.items() if k.startswith("eval_pte/") and k.endswith("/primary")}
     if pte_scores:
         mean = sum(pte_scores.values()) / len(pte_scores)
         rows.append(("eval", f"mean primary score of the .pte over {len(pte_scores)} tasks: {mean:.4f}"))
-    p = flow.profile.get("summary", {})
+    p = flow.profile.summary
     if p.get("device_decode_tok_per_s") is not None:
         rows.append(("device_profile", f"decode {p['device_decode_tok_per_s']:.1f} tok/s"))
-    c = flow.dense.get("comparison", {})
+    c = flow.dense.comparison
     if c.get("val_loss_delta") is not None:
         rows.append(("dense_baseline", f"MoE - dense val loss = {c['val_loss_delta']:+.4f}"))
     from .device_profile import COST_RATIO_TARGET, decode_cost_ratio
 
-    ratio = decode_cost_ratio(flow.profile, flow.dense.get("profile") or {})
+    ratio = decode_cost_ratio(flow.profile, flow.dense.profile or {})
     if ratio is not None:
         verdict = "ok" if ratio <= COST_RATIO_TARGET else "ABOVE TARGET"
-        rows.append(("decode cost", f"MoE / dense-active decode time = {ratio:.2f} "
-                                    f"(target <= {COST_RATIO_TARGET}: {verdict})"))
+        rows.append(
+            (
+                "decode cost",
+                f"MoE / dense-active decode time = {ratio:.2f} (target <= {COST_RATIO_TARGET}: {verdict})",
+            )
+        )
     table(card, rows, ("stage", "result"))

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import UserError
+from .io import write_text_atomic
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -57,10 +58,7 @@ def write_manifest(folder: Path) -> dict:
             rel = p.relative_to(folder).as_posix()
             files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
     manifest = {"format": FORMAT, "files": files, "sha256": _listing_digest(files)}
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    _fsync(tmp)
-    os.replace(tmp, folder / MANIFEST)
+    write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
 
 
@@ -74,8 +72,10 @@ def verify(folder: str | os.PathLike) -> dict:
     folder = Path(folder)
     mpath = folder / MANIFEST
     if not mpath.is_file():
-        raise CheckpointError(f"{folder}: not a checkpoint (no {MANIFEST}); it may be "
-                              "incomplete (interrupted while writing) or the wrong folder")
+        raise CheckpointError(
+            f"{folder}: not a checkpoint (no {MANIFEST}); it may be "
+            "incomplete (interrupted while writing) or the wrong folder"
+        )
     try:
         manifest = json.loads(mpath.read_text())
         files = manifest["files"]
@@ -88,8 +88,9 @@ def verify(folder: str | os.PathLike) -> dict:
         if not p.is_file():
             raise CheckpointError(f"{folder}: {name} listed in the manifest is missing")
         if p.stat().st_size != info["bytes"]:
-            raise CheckpointError(f"{p}: {p.stat().st_size} bytes, manifest says "
-                                  f"{info['bytes']} (truncated?)")
+            raise CheckpointError(
+                f"{p}: {p.stat().st_size} bytes, manifest says {info['bytes']} (truncated?)"
+            )
         if sha256_file(p) != info["sha256"]:
             raise CheckpointError(f"{p}: sha256 does not match the manifest (corrupt)")
     return manifest
@@ -123,10 +124,14 @@ def model_config(cfg: dict, source: str = "checkpoint"):
         raise CheckpointError(f"{source}: {e}") from None
 
 
-def save_checkpoint(folder: str | os.PathLike, model, meta: dict[str, Any],
-                    tokenizer: Optional[str | os.PathLike] = None,
-                    extra_files: Optional[dict[str, Any]] = None,
-                    torch_files: Optional[dict[str, Any]] = None) -> dict:
+def save_checkpoint(
+    folder: str | os.PathLike,
+    model,
+    meta: dict[str, Any],
+    tokenizer: Optional[str | os.PathLike] = None,
+    extra_files: Optional[dict[str, Any]] = None,
+    torch_files: Optional[dict[str, Any]] = None,
+) -> dict:
     """Write ``model`` and ``meta`` (merged into config.json) atomically to ``folder``.
 
     ``extra_files``: name -> JSON-able object; ``torch_files``: name -> object for
@@ -181,16 +186,22 @@ def _check_shapes(model, state: dict, path: Path) -> None:
     """Every tensor in the file has the shape config.json implies: a config (and manifest)
     edited to another size is one clear error, not torch's "size mismatch" traceback."""
     want = model.state_dict()
-    bad = [f"{k} {tuple(v.shape)} vs {tuple(want[k].shape)}" for k, v in state.items()
-           if k in want and tuple(v.shape) != tuple(want[k].shape)]
+    bad = [
+        f"{k} {tuple(v.shape)} vs {tuple(want[k].shape)}"
+        for k, v in state.items()
+        if k in want and tuple(v.shape) != tuple(want[k].shape)
+    ]
     if bad:
-        raise CheckpointError(f"{path}: weights do not match config.json ({len(bad)} tensors "
-                              f"differ in shape, e.g. {'; '.join(bad[:3])}); the checkpoint "
-                              "folder was edited or mixed up: use the files one save wrote")
+        raise CheckpointError(
+            f"{path}: weights do not match config.json ({len(bad)} tensors "
+            f"differ in shape, e.g. {'; '.join(bad[:3])}); the checkpoint "
+            "folder was edited or mixed up: use the files one save wrote"
+        )
 
 
-def load_checkpoint(folder: str | os.PathLike, device: str = "cpu", verify_files: bool = True,
-                    expect_model=None):
+def load_checkpoint(
+    folder: str | os.PathLike, device: str = "cpu", verify_files: bool = True, expect_model=None
+):
     """Load ``(model, config_dict)``; the model is built from the checkpoint's own config.
 
     ``expect_model``: a ModelConfig the caller needs; a checkpoint of another
@@ -215,7 +226,8 @@ def load_checkpoint(folder: str | os.PathLike, device: str = "cpu", verify_files
         if diff:
             raise CheckpointError(
                 f"{folder}: checkpoint is a different architecture from the configured model "
-                f"({'; '.join(diff[:6])}); use a checkpoint of this model or fix params.yaml")
+                f"({'; '.join(diff[:6])}); use a checkpoint of this model or fix params.yaml"
+            )
     model = build_model(mcfg, device="meta")
     state = load_file(str(folder / WEIGHTS), device=str(device))
     _check_shapes(model, state, folder / WEIGHTS)
@@ -224,12 +236,15 @@ def load_checkpoint(folder: str | os.PathLike, device: str = "cpu", verify_files
     tied = {"output.weight"} if mcfg.tie_embeddings else set()
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
-        raise CheckpointError(f"{folder / WEIGHTS}: weights do not match config.json "
-                              f"(missing {missing[:4]}, unexpected {unexpected[:4]})")
+        raise CheckpointError(
+            f"{folder / WEIGHTS}: weights do not match config.json "
+            f"(missing {missing[:4]}, unexpected {unexpected[:4]})"
+        )
     if mcfg.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight
     with torch.no_grad():  # non-persistent buffers are not in the file
         from .model.transformer import rope_inv_freq
+
         model.inv_freq.copy_(rope_inv_freq(mcfg.resolved_head_dim, mcfg.rope_theta, mcfg.rope_scaling))
         for r in model.routers():
             r.load_accum.zero_()

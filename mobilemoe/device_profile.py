@@ -36,21 +36,33 @@ def _check_fits(params) -> None:
     longest = max(cfg.prompt_lengths) + cfg.decode_tokens
     if longest > context:
         key = "export.max_seq_len" if params.export.max_seq_len else "model.max_seq_len"
-        raise ConfigError(f"device_lab.prompt_lengths: the longest prompt ({max(cfg.prompt_lengths)}) "
-                          f"+ device_lab.decode_tokens ({cfg.decode_tokens}) = {longest} tokens do "
-                          f"not fit the program's context ({key}={context}); shorten them")
+        raise ConfigError(
+            f"device_lab.prompt_lengths: the longest prompt ({max(cfg.prompt_lengths)}) "
+            f"+ device_lab.decode_tokens ({cfg.decode_tokens}) = {longest} tokens do "
+            f"not fit the program's context ({key}={context}); shorten them"
+        )
 
 
 def benchmark_of(params, op_profile: bool = True) -> dict[str, Any]:
     cfg = params.device_lab
-    return {"prompt_lengths": list(cfg.prompt_lengths), "decode_tokens": cfg.decode_tokens,
-            "repeats": cfg.repeats, "warmup": cfg.warmup, "threads": cfg.threads,
-            "op_profile": op_profile}  # one decode step's per-operator times (ETDump)
+    return {
+        "prompt_lengths": list(cfg.prompt_lengths),
+        "decode_tokens": cfg.decode_tokens,
+        "repeats": cfg.repeats,
+        "warmup": cfg.warmup,
+        "threads": cfg.threads,
+        "op_profile": op_profile,
+    }  # one decode step's per-operator times (ETDump)
 
 
-def run_device_profile(params, pte_path: str | os.PathLike, tokenizer_path: str | os.PathLike,
-                       workdir: str | os.PathLike, labels: Optional[dict[str, str]] = None,
-                       op_profile: bool = True) -> dict:
+def run_device_profile(
+    params,
+    pte_path: str | os.PathLike,
+    tokenizer_path: str | os.PathLike,
+    workdir: str | os.PathLike,
+    labels: Optional[dict[str, str]] = None,
+    op_profile: bool = True,
+) -> dict:
     """Dispatch one profiling job for ``pte_path`` and return its result document.
 
     ``op_profile``: also ask for one decode step's per-operator times (ETDump; the result's
@@ -73,28 +85,48 @@ def run_device_profile(params, pte_path: str | os.PathLike, tokenizer_path: str 
     try:
         if cfg.queue is None:
             if cfg.backend not in registry():
-                raise ConfigError(f"device_lab.backend: {cfg.backend!r} cannot run on the embedded "
-                                  f"local runner (it has {', '.join(sorted(registry()))}); set "
-                                  "device_lab.queue to a lab whose runners offer it")
+                raise ConfigError(
+                    f"device_lab.backend: {cfg.backend!r} cannot run on the embedded "
+                    f"local runner (it has {', '.join(sorted(registry()))}); set "
+                    "device_lab.queue to a lab whose runners offer it"
+                )
             queue_uri = f"file://{workdir / 'device_lab' / 'queue'}"
             queue = Queue(open_transport(queue_uri))
-            runner = Runner(Queue(open_transport(queue_uri)), [make_backend(cfg.backend)],
-                            workdir / "device_lab" / "runner", poll_s=min(cfg.poll_s, 0.2),
-                            job_timeout_s=cfg.timeout_s)
+            runner = Runner(
+                Queue(open_transport(queue_uri)),
+                [make_backend(cfg.backend)],
+                workdir / "device_lab" / "runner",
+                poll_s=min(cfg.poll_s, 0.2),
+                job_timeout_s=cfg.timeout_s,
+            )
+
             def serve():
                 try:
                     runner.serve(stop)
                 except BaseException as e:  # reported below, instead of a timeout
                     crashed.append(e)
+
             thread = threading.Thread(target=serve, daemon=True, name="device-lab-local-runner")
             thread.start()
         else:
             queue_uri = cfg.queue
             queue = Queue(open_transport(cfg.queue, cfg.endpoint_url))
-        job_id = submit_job(queue, pte_path, tokenizer_path, benchmark_of(params, op_profile),
-                            backend=cfg.backend, deadline_s=cfg.timeout_s, labels=labels)
-        result = wait_for_result(queue, job_id, cfg.timeout_s, cfg.poll_s,
-                                 should_stop=(lambda: not thread.is_alive()) if thread else None)
+        job_id = submit_job(
+            queue,
+            pte_path,
+            tokenizer_path,
+            benchmark_of(params, op_profile),
+            backend=cfg.backend,
+            deadline_s=cfg.timeout_s,
+            labels=labels,
+        )
+        result = wait_for_result(
+            queue,
+            job_id,
+            cfg.timeout_s,
+            cfg.poll_s,
+            should_stop=(lambda: not thread.is_alive()) if thread else None,
+        )
     except (TransportError, ProtocolError) as e:
         raise UserError(f"device_lab.queue {cfg.queue or '(local)'}: {e}") from None
     finally:
@@ -102,14 +134,17 @@ def run_device_profile(params, pte_path: str | os.PathLike, tokenizer_path: str 
         if thread is not None:
             thread.join(timeout=30)
     if result is None and crashed:
-        e = crashed[0]
-        raise UserError(f"device_profile: the embedded device-lab runner stopped "
-                        f"({type(e).__name__}: {e}); no profile was measured") from e
+        err = crashed[0]
+        raise UserError(
+            f"device_profile: the embedded device-lab runner stopped "
+            f"({type(err).__name__}: {err}); no profile was measured"
+        ) from err
     if result is None:
         raise DeviceProfileTimeout(
             f"device_lab: no result for job {job_id} on {queue_uri} within device_lab.timeout_s="
             f"{cfg.timeout_s:g} s; is a runner offering backend {cfg.backend!r} serving that queue? "
-            f"Fetch it later: python -m device_lab.submit --queue {queue_uri} --result {job_id}")
+            f"Fetch it later: python -m device_lab.submit --queue {queue_uri} --result {job_id}"
+        )
     return result
 
 
@@ -138,10 +173,12 @@ def bytes_metrics(params, result: dict) -> dict[str, float]:
 
     context = params.export.max_seq_len or params.model.max_seq_len
     db = decode_bytes(params.model, context)
-    out = {"device_active_weight_bytes_per_token": float(db.active_weight_bytes),
-           "device_total_weight_bytes": float(db.total_weight_bytes),
-           "device_kv_bytes_per_token": float(db.kv_bytes),
-           "device_active_weight_fraction": db.active_weight_bytes / db.total_weight_bytes}
+    out = {
+        "device_active_weight_bytes_per_token": float(db.active_weight_bytes),
+        "device_total_weight_bytes": float(db.total_weight_bytes),
+        "device_kv_bytes_per_token": float(db.kv_bytes),
+        "device_active_weight_fraction": db.active_weight_bytes / db.total_weight_bytes,
+    }
     decode = result.get("decode_tok_per_s") if result.get("status") == "ok" else None
     if decode:
         out["device_decode_bandwidth_gb_s"] = (db.active_weight_bytes + db.kv_bytes) * decode / 1e9
@@ -150,7 +187,7 @@ def bytes_metrics(params, result: dict) -> dict[str, float]:
 
 def decode_ops(result: dict, top: int = 12) -> list[tuple[str, float, int]]:
     """The slowest operators of one decode step (ETDump), (op, ms, calls)."""
-    prof = ((result.get("raw") or {}).get("decode_op_profile") or {})
+    prof = (result.get("raw") or {}).get("decode_op_profile") or {}
     return [(o["op"], o["ms"], o["calls"]) for o in prof.get("ops", [])[:top]]
 
 
@@ -175,8 +212,14 @@ def plot_tok_per_s(result: dict):
     device = result.get("device", {}).get("description", "device")
     if result.get("status") != "ok":
         ax.axis("off")
-        ax.text(0.5, 0.5, f"no measurement ({result.get('status')}):\n{result.get('reason')}",
-                ha="center", va="center", wrap=True)
+        ax.text(
+            0.5,
+            0.5,
+            f"no measurement ({result.get('status')}):\n{result.get('reason')}",
+            ha="center",
+            va="center",
+            wrap=True,
+        )
         return fig
     pre = sorted((int(n), v) for n, v in result["prefill_tok_per_s"].items())
     dec = sorted((int(n), v) for n, v in result.get("decode_tok_per_s_by_prompt", {}).items())

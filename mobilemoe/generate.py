@@ -65,9 +65,16 @@ def decode_new(tokenizer, ids: Sequence[int]) -> str:
 
 
 @torch.no_grad()
-def generate_ids(model, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 0.0,
-                 top_p: float = 1.0, stop_ids: Optional[Iterable[int]] = STOP_IDS,
-                 seed: Optional[int] = None, max_len: Optional[int] = None) -> list[int]:
+def generate_ids(
+    model,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    stop_ids: Optional[Iterable[int]] = STOP_IDS,
+    seed: Optional[int] = None,
+    max_len: Optional[int] = None,
+) -> list[int]:
     """New ids after ``prompt_ids`` with the model's KV cache (a stop id ends it, included).
 
     ``max_len``: cache slots (default the model's ``max_seq_len``); prompt + new tokens
@@ -101,12 +108,12 @@ def generate_ids(model, prompt_ids: Sequence[int], max_new_tokens: int, temperat
         model.train(was_training)
 
 
-def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 64, chat: bool = False,
-                  **sampling) -> str:
+def generate_text(
+    model, tokenizer, prompt: str, max_new_tokens: int = 64, chat: bool = False, **sampling
+) -> str:
     ids = encode_prompt(tokenizer, prompt, chat)
     return decode_new(tokenizer, generate_ids(model, ids, max_new_tokens, **sampling))
 
 
 def is_chat_stage(stage: Optional[str]) -> bool:
     return stage in CHAT_STAGES
-

@@ -3,7 +3,7 @@
 Every stage's child run carries the tags below, so from any model, exported ``.pte`` or
 device profile one can walk back to the checkpoint, stage params, data version (DVC
 md5s) and code commit that made it (``mobilemoe lineage``). Tag names are the contract
-the README documents; change them only together.
+docs/lineage.md documents; change them only together.
 
 Tracking store: ``MLFLOW_TRACKING_URI`` if set, else ``tracking.uri`` from params, else a
 sqlite file in the project (``.mlflow/mlflow.db``, artifacts in ``.mlflow/artifacts``):
@@ -21,7 +21,7 @@ from typing import Any, Iterable, Optional
 
 from device_lab.schema import redact  # URL userinfo and secret env values -> ***
 
-# --- tag names (documented in README "Lineage") ---------------------------------------
+# --- tag names (documented in docs/lineage.md) ----------------------------------------
 TAG_PREFIX = "mobilemoe."
 STAGE = "mobilemoe.stage"  # curate | pretrain | midtrain | sft | qat | export | eval | device_profile
 PIPELINE_RUN = "mobilemoe.pipeline_run_id"  # the parent run
@@ -41,10 +41,13 @@ PTE_SHA256 = "mobilemoe.pte_sha256"
 MODEL_ID = "mobilemoe.logged_model_id"  # the LoggedModel (e.g. the .pte) a run is about
 DEVICE_STATUS = "mobilemoe.device_status"  # device_profile runs: ok | error | rejected
 # Owner and liveness of every run (mobilemoe/liveness.py closes the runs of dead flows).
-from .liveness import HEARTBEAT, HOST, KILLED_REASON, PID  # noqa: E402
+from .liveness import HEARTBEAT, HOST, KILLED_REASON, PID  # noqa: E402, F401 (in ALL_TAGS)
 
-ALL_TAGS = [v for k, v in dict(globals()).items() if isinstance(v, str) and v.startswith(TAG_PREFIX)
-            and k.isupper() and k != "TAG_PREFIX"]
+ALL_TAGS = [
+    v
+    for k, v in dict(globals()).items()
+    if isinstance(v, str) and v.startswith(TAG_PREFIX) and k.isupper() and k != "TAG_PREFIX"
+]
 
 
 def project_root() -> Path:
@@ -91,7 +94,10 @@ class Tracker:
             try:
                 self.experiment_id = self.client.create_experiment(name, artifact_location=location)
             except Exception:  # created concurrently by a sibling step
-                self.experiment_id = self.client.get_experiment_by_name(name).experiment_id
+                existing = self.client.get_experiment_by_name(name)
+                if existing is None:
+                    raise
+                self.experiment_id = existing.experiment_id
         else:
             self.experiment_id = exp.experiment_id
 
@@ -128,10 +134,15 @@ class Tracker:
 
         items = [Param(k, _param_value(v)) for k, v in sorted(flat.items())]
         for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i:i + 100])
+            self.client.log_batch(run_id, params=items[i : i + 100])
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float], step: Optional[int] = None,
-                    model_id: Optional[str] = None) -> None:
+    def log_metrics(
+        self,
+        run_id: str,
+        metrics: dict[str, float],
+        step: Optional[int] = None,
+        model_id: Optional[str] = None,
+    ) -> None:
         for k, v in metrics.items():
             if v is None:
                 continue
@@ -152,9 +163,11 @@ class Tracker:
                     continue
                 batch.append(Metric(k, float(v), now, step))
         for i in range(0, len(batch), 500):
-            self.client.log_batch(run_id, metrics=batch[i:i + 500])
+            self.client.log_batch(run_id, metrics=batch[i : i + 500])
 
-    def log_artifacts(self, run_id: str, path: str | os.PathLike, artifact_path: Optional[str] = None) -> None:
+    def log_artifacts(
+        self, run_id: str, path: str | os.PathLike, artifact_path: Optional[str] = None
+    ) -> None:
         path = Path(path)
         if path.is_dir():
             self.client.log_artifacts(run_id, str(path), artifact_path)
@@ -170,8 +183,12 @@ class Tracker:
 
     def find_runs(self, tags: dict[str, str], max_results: int = 50):
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-        return self.client.search_runs([self.experiment_id], filter_string=query,
-                                       max_results=max_results, order_by=["attributes.start_time DESC"])
+        return self.client.search_runs(
+            [self.experiment_id],
+            filter_string=query,
+            max_results=max_results,
+            order_by=["attributes.start_time DESC"],
+        )
 
 
 def _param_value(v: Any) -> str:
@@ -183,31 +200,110 @@ def _param_value(v: Any) -> str:
 def git_info(root: Optional[Path] = None) -> dict[str, str]:
     root = root or project_root()
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return {GIT_COMMIT: "unknown", GIT_DIRTY: "unknown"}
     return {GIT_COMMIT: commit or "unknown", GIT_DIRTY: "true" if dirty else "false"}
 
 
-def code_version(root: Optional[Path] = None) -> str:
-    """sha256 over the library's Python sources (what actually ran, committed or not)."""
+FIRST_PARTY = ("mobilemoe", "device_lab")  # the packages whose sources a code version covers
+
+
+def code_version(root: Optional[Path] = None, modules: Optional[Iterable[str]] = None) -> str:
+    """sha256 over the library's Python sources (what actually ran, committed or not).
+
+    With ``modules`` (dotted names), only their import closure (:func:`import_closure`)
+    counts: the code a stage runs, so editing the evaluation code leaves a pretraining
+    stage's version (and cache key) as it was. Without, every source of the packages.
+    """
     import hashlib
 
     root = root or project_root()
+    if modules is None:
+        files = [p for pkg in FIRST_PARTY for p in (root / pkg).rglob("*.py")]
+    else:
+        files = list(import_closure(modules, root).values())
     h = hashlib.sha256()
-    for pkg in ("mobilemoe", "device_lab"):
-        for p in sorted((root / pkg).rglob("*.py")):
-            h.update(p.relative_to(root).as_posix().encode())
-            h.update(p.read_bytes())
+    for p in sorted(files, key=lambda f: f.relative_to(root).as_posix()):
+        h.update(p.relative_to(root).as_posix().encode())
+        h.update(p.read_bytes())
     return h.hexdigest()
+
+
+def import_closure(modules: Iterable[str], root: Optional[Path] = None) -> dict[str, Path]:
+    """The first-party modules that importing ``modules`` can run, by name -> source file.
+
+    Follows every ``import`` statement found with :mod:`ast`, including those inside
+    functions (the code imports heavy modules lazily), and the ``__init__`` of every
+    package on the way. Imports of other packages are not followed; names built at run
+    time (``importlib.import_module(f"...")``) are not seen.
+    """
+    import ast
+
+    root = root or project_root()
+    found: dict[str, Path] = {}
+    todo = list(modules)
+    while todo:
+        parts = todo.pop().split(".")
+        if parts[0] not in FIRST_PARTY:
+            continue
+        for i in range(1, len(parts) + 1):
+            name = ".".join(parts[:i])
+            if name in found:
+                continue
+            path = module_file(name, root)
+            if path is None:  # ``from pkg import name``: an attribute, not a module
+                break
+            found[name] = path
+            tree = ast.parse(path.read_bytes(), str(path))
+            todo.extend(imported_names(tree, name, path.name == "__init__.py"))
+    return found
+
+
+def module_file(name: str, root: Path) -> Optional[Path]:
+    """The source file of the dotted module ``name`` under ``root``, if there is one."""
+    base = root.joinpath(*name.split("."))
+    for path in (base / "__init__.py", base.with_suffix(".py")):
+        if path.is_file():
+            return path
+    return None
+
+
+def imported_names(tree, module: str, is_package: bool) -> list[str]:
+    """Dotted names a module's ``import`` statements may load (relative ones resolved);
+    ``from m import x`` gives ``m`` and ``m.x`` (``x`` may be a submodule)."""
+    import ast
+
+    package = module if is_package else module.rpartition(".")[0]
+    out: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            out.append(target)
+            out += [f"{target}.{a.name}" for a in node.names if a.name != "*"]
+    return out
 
 
 def data_version_tags(version: dict[str, str]) -> dict[str, str]:
     import hashlib
 
     text = json.dumps(version, sort_keys=True)
-    return {DATA_VERSION: text if len(text) < 4900 else text[:4890] + "...",
-            DATA_VERSION_SHA256: hashlib.sha256(text.encode()).hexdigest()}
+    return {
+        DATA_VERSION: text if len(text) < 4900 else text[:4890] + "...",
+        DATA_VERSION_SHA256: hashlib.sha256(text.encode()).hexdigest(),
+    }

@@ -22,7 +22,7 @@ import os
 import socket
 import threading
 import time
-from typing import Optional
+from typing import Any, Optional
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ HEARTBEAT_S = 60.0
 STALE_AFTER_S = 30 * 60.0  # 30 heartbeats missed: the owner is gone (or its host is)
 
 _lock = threading.Lock()
-_open: dict[tuple[str, str], object] = {}  # (tracking uri, run id) -> MlflowClient
+_open: dict[tuple[str, str], Any] = {}  # (tracking uri, run id) -> MlflowClient
 _reaped: set[str] = set()  # tracking URIs already checked by this process
 _thread: Optional[threading.Thread] = None
 
@@ -71,16 +71,16 @@ def why_dead(tags: dict, now: float, host: str, stale_after_s: float = STALE_AFT
     if tags[HOST] == host and not _pid_alive(pid):
         return f"owner process {pid} on {host} is gone"
     if now - beat > stale_after_s:
-        return (f"no heartbeat for {now - beat:.0f} s (> {stale_after_s:.0f} s) from "
-                f"{tags[HOST]} pid {pid}")
+        return f"no heartbeat for {now - beat:.0f} s (> {stale_after_s:.0f} s) from {tags[HOST]} pid {pid}"
     return None
 
 
 def reap(client, experiment_id: str, stale_after_s: float = STALE_AFTER_S) -> list[str]:
     """Mark KILLED every RUNNING run of the experiment whose owner is dead; their ids."""
     host, now, killed = socket.gethostname(), time.time(), []
-    runs = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
-                              max_results=1000)
+    runs = client.search_runs(
+        [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
+    )
     for run in runs:
         why = why_dead(run.data.tags, now, host, stale_after_s)
         if why is None:

@@ -14,7 +14,7 @@ fi
 pip_q install -U "pip==26.3" "setuptools==84.2.1" "wheel==0.48.0"
 # The lock is complete, so no resolution is needed (--no-deps keeps pip from pulling a
 # CUDA torch on a CPU machine). On a GPU machine TORCH_SPEC installs torch with its CUDA
-# dependencies first, e.g. (README, "GPU install"):
+# dependencies first, e.g. (docs/configuration.md, "GPU install"):
 #   make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 if [ -n "${TORCH_SPEC:-}" ]; then
     grep -v '^torch==' requirements.lock > .venv/requirements.nogpu.txt

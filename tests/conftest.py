@@ -17,7 +17,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# One thread per test process: on 2 shared cores oversubscription is 20x slower (STACK.md).
+# One thread per test process: on 2 shared cores oversubscription is 20x slower (docs/libraries.md#threads).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 

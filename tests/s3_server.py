@@ -4,7 +4,7 @@
         s3.client().create_bucket(Bucket="b")
         s3.endpoint, s3.access_key, s3.secret_key, s3.env()
 
-Notes (STACK.md): -volume.max=100 -master.volumeSizeLimitMB=64, else a second bucket
+Notes (docs/libraries.md#installing): -volume.max=100 -master.volumeSizeLimitMB=64, else a second bucket
 finds no writable volume; the S3 port accepts connections before it is ready, so we
 retry a real request; gRPC ports are HTTP port + 10000, so those must be free too.
 """
@@ -65,16 +65,41 @@ class SeaweedS3:
         ports = [_free_port() for _ in range(4)]
         self.port = ports[0]
         conf = self.workdir / "s3.json"
-        conf.write_text(json.dumps({"identities": [{
-            "name": "test", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        conf.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "test",
+                            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
         self.log = open(self.workdir / "weed.log", "wb")
         self.proc = subprocess.Popen(
-            [weed, f"-logdir={self.workdir}", "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-             f"-master.port={ports[1]}", f"-volume.port={ports[2]}", f"-filer.port={ports[3]}",
-             "-s3", f"-s3.port={self.port}", f"-s3.config={conf}",
-             "-volume.max=100", "-master.volumeSizeLimitMB=64"],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                weed,
+                f"-logdir={self.workdir}",
+                "server",
+                f"-dir={data}",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                f"-master.port={ports[1]}",
+                f"-volume.port={ports[2]}",
+                f"-filer.port={ports[3]}",
+                "-s3",
+                f"-s3.port={self.port}",
+                f"-s3.config={conf}",
+                "-volume.max=100",
+                "-master.volumeSizeLimitMB=64",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self._wait_ready()
         return self
 
@@ -86,14 +111,22 @@ class SeaweedS3:
         import boto3
         from botocore.config import Config
 
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
-                            aws_secret_access_key=self.secret_key, region_name=self.region,
-                            config=Config(retries={"max_attempts": 2}, connect_timeout=5,
-                                          read_timeout=30))
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+            config=Config(retries={"max_attempts": 2}, connect_timeout=5, read_timeout=30),
+        )
 
     def env(self) -> dict[str, str]:
-        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
-                "AWS_DEFAULT_REGION": self.region, "AWS_ENDPOINT_URL_S3": self.endpoint}
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_ENDPOINT_URL_S3": self.endpoint,
+        }
 
     def _wait_ready(self) -> None:
         deadline = time.time() + self.timeout_s
@@ -101,8 +134,9 @@ class SeaweedS3:
         last = None
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.proc.returncode}; see "
-                                   f"{self.workdir / 'weed.log'}")
+                raise RuntimeError(
+                    f"weed exited with {self.proc.returncode}; see {self.workdir / 'weed.log'}"
+                )
             try:
                 c = self.client()
                 c.create_bucket(Bucket=probe)

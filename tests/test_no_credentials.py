@@ -11,7 +11,8 @@ import logging
 
 import pytest
 
-from device_lab import runner as lab_runner, submit as lab_submit
+from device_lab import runner as lab_runner
+from device_lab import submit as lab_submit
 from device_lab.schema import ProtocolError, install_redaction, make_result, parse_queue_uri, redact
 
 KEY, SECRET, PASSWORD = "AKIAPLANTEDKEY01", "planted-secret-9f8e7d", "planted-pass-4c4c"
@@ -29,8 +30,13 @@ def _clean(text: str) -> None:
         assert s not in text, f"{s!r} leaked in {text!r}"
 
 
-URIS = [f"s3://{KEY}:{SECRET}@lab/q", f"s3://{KEY}@lab/q", f"file://{KEY}:{SECRET}@host/q",
-        f"http://{KEY}:{SECRET}@lab/q", f"s3://{KEY}:{SECRET}@lab/q?x={ENV_SECRET}"]
+URIS = [
+    f"s3://{KEY}:{SECRET}@lab/q",
+    f"s3://{KEY}@lab/q",
+    f"file://{KEY}:{SECRET}@host/q",
+    f"http://{KEY}:{SECRET}@lab/q",
+    f"s3://{KEY}:{SECRET}@lab/q?x={ENV_SECRET}",
+]
 
 
 @pytest.mark.parametrize("uri", URIS)
@@ -50,8 +56,7 @@ def test_a_queue_uri_with_credentials_is_refused_without_echoing_them(uri, capsy
 
 
 def test_an_endpoint_url_with_userinfo_is_a_usage_error_without_echo(capsys):
-    rc = lab_runner.main(["--queue", "s3://lab/q", "--endpoint-url",
-                          f"http://{KEY}:{PASSWORD}@127.0.0.1:9"])
+    rc = lab_runner.main(["--queue", "s3://lab/q", "--endpoint-url", f"http://{KEY}:{PASSWORD}@127.0.0.1:9"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error:") and "credentials" in err
     _clean(err)
@@ -80,10 +85,12 @@ def test_params_errors_and_mlflow_records_are_redacted(tmp_path, capsys):
     from mobilemoe.cli import main
     from mobilemoe.lineage import Tracker
 
-    for override in (f"tracking.uri=http://{KEY}:{PASSWORD}@mlflow:5000",
-                     f"device_lab.queue=s3://{KEY}:{SECRET}@lab/q",
-                     f"device_lab.endpoint_url=http://{KEY}:{PASSWORD}@h:1",
-                     f"pretrain.lr={ENV_SECRET}"):
+    for override in (
+        f"tracking.uri=http://{KEY}:{PASSWORD}@mlflow:5000",
+        f"device_lab.queue=s3://{KEY}:{SECRET}@lab/q",
+        f"device_lab.endpoint_url=http://{KEY}:{PASSWORD}@h:1",
+        f"pretrain.lr={ENV_SECRET}",
+    ):
         rc = main(["config", "--preset", "tiny", override])
         err = capsys.readouterr().err
         assert rc == 2 and err.startswith("error:"), (override, err)

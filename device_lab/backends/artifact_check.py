@@ -14,29 +14,34 @@ import json
 import os
 import platform
 
-from . import Backend, RunContext, child_main, peak_rss_bytes, run_child
+from .base import Backend, RunContext, child_main, peak_rss_bytes, run_child
 
 
 class ArtifactCheckBackend(Backend):
     name = "artifact-check"
 
     def describe(self) -> dict:
-        return {"kind": "check", "description": f"artifact check on {platform.machine()} "
-                f"{platform.system()}", "machine": platform.machine(), "os": platform.system()}
+        return {
+            "kind": "check",
+            "description": f"artifact check on {platform.machine()} {platform.system()}",
+            "machine": platform.machine(),
+            "os": platform.system(),
+        }
 
     def run(self, ctx: RunContext) -> dict:
         return run_child(__name__, {"program": str(ctx.program), "tokenizer": str(ctx.tokenizer)}, ctx)
 
 
 def _check(spec: dict) -> dict:
-    from . import BackendError
+    from .base import BackendError
 
     with open(spec["program"], "rb") as f:
         head = f.read(8)
     ident = head[4:8]
     if len(head) < 8 or ident[:2] != b"ET" or not ident[2:].isdigit():
-        raise BackendError(f"the artifact is not an ExecuTorch program (no ET.. identifier at "
-                           f"byte 4; got {ident!r})")
+        raise BackendError(
+            f"the artifact is not an ExecuTorch program (no ET.. identifier at byte 4; got {ident!r})"
+        )
     with open(spec["tokenizer"], "rb") as f:
         tok = f.read()
     try:
@@ -44,10 +49,15 @@ def _check(spec: dict) -> dict:
         tokenizer_kind = "json"
     except ValueError:
         tokenizer_kind = "binary"
-    return {"raw": {"program_bytes": os.path.getsize(spec["program"]),
-                    "flatbuffer_identifier": ident.decode(), "tokenizer_kind": tokenizer_kind,
-                    "pid": os.getpid()},
-            "peak_rss_bytes": peak_rss_bytes()}
+    return {
+        "raw": {
+            "program_bytes": os.path.getsize(spec["program"]),
+            "flatbuffer_identifier": ident.decode(),
+            "tokenizer_kind": tokenizer_kind,
+            "pid": os.getpid(),
+        },
+        "peak_rss_bytes": peak_rss_bytes(),
+    }
 
 
 if __name__ == "__main__":

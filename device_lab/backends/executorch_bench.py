@@ -23,11 +23,10 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-from . import BackendError, child_main, peak_rss_bytes, rss_now_bytes
+from .base import BackendError, child_main, peak_rss_bytes, rss_now_bytes
 
 # Neutral English text for prompts (tokens of real words route like real text would).
 _TEXT = (
@@ -50,17 +49,19 @@ def _text_of_at_least(count, n_tokens: int) -> str:
     loop that runs until the job's timeout."""
     per_copy = count(_TEXT)
     if per_copy < 1:
-        raise BackendError("the tokenizer encodes the reference text to no tokens (empty "
-                           "vocabulary?); cannot build benchmark prompts with it")
+        raise BackendError(
+            "the tokenizer encodes the reference text to no tokens (empty "
+            "vocabulary?); cannot build benchmark prompts with it"
+        )
     text = " ".join([_TEXT] * (n_tokens // per_copy + 2))
     if count(text) < n_tokens:
-        raise BackendError(f"the tokenizer cannot make a prompt of {n_tokens} tokens from "
-                           "the reference text")
+        raise BackendError(f"the tokenizer cannot make a prompt of {n_tokens} tokens from the reference text")
     return text
 
 
 def exact_prompt(tok, n_tokens: int) -> str:
     """Real text that encodes to exactly ``n_tokens`` tokens with ``tok`` (no specials)."""
+
     def count(text: str) -> int:
         return len(tok.encode(text, add_special_tokens=False).ids)
 
@@ -79,20 +80,24 @@ def exact_prompt(tok, n_tokens: int) -> str:
     if count(prompt) != n_tokens and filler:
         prompt = filler.lstrip() + filler * (n_tokens - 1)
     if count(prompt) != n_tokens:
-        raise BackendError(f"could not build a prompt of exactly {n_tokens} tokens with this "
-                           "tokenizer")
+        raise BackendError(f"could not build a prompt of exactly {n_tokens} tokens with this tokenizer")
     return prompt
 
 
 def _one_run(runner, GenerationConfig, prompt: str, decode_tokens: int, warm: bool) -> dict:
     stamps: list[float] = []
     stats: list[str] = []
-    config = GenerationConfig(max_new_tokens=decode_tokens, temperature=0.0, echo=False,
-                              warming=warm, num_bos=0, num_eos=0)
+    config = GenerationConfig(
+        max_new_tokens=decode_tokens, temperature=0.0, echo=False, warming=warm, num_bos=0, num_eos=0
+    )
     t0 = time.perf_counter()
     try:
-        runner.generate(prompt, config, token_callback=lambda _s: stamps.append(time.perf_counter()),
-                        stats_callback=lambda s: stats.append(s.to_json_string()))
+        runner.generate(
+            prompt,
+            config,
+            token_callback=lambda _s: stamps.append(time.perf_counter()),
+            stats_callback=lambda s: stats.append(s.to_json_string()),
+        )
     except UnicodeError:
         # The binding hands each token's text to the callback as a strict UTF-8 str, so a
         # token holding part of a multi-byte character fails before our callback runs.
@@ -108,9 +113,13 @@ def _one_run(runner, GenerationConfig, prompt: str, decode_tokens: int, warm: bo
         raise BackendError("the runtime generated no token")
     n_decode = len(stamps) - 1
     decode_s = stamps[-1] - stamps[0]
-    return {"prefill_s": stamps[0] - t0, "decode_s": decode_s, "decode_tokens": n_decode,
-            "decode_tok_per_s": n_decode / decode_s if n_decode and decode_s > 0 else None,
-            "runtime_stats": et}
+    return {
+        "prefill_s": stamps[0] - t0,
+        "decode_s": decode_s,
+        "decode_tokens": n_decode,
+        "decode_tok_per_s": n_decode / decode_s if n_decode and decode_s > 0 else None,
+        "runtime_stats": et,
+    }
 
 
 def _from_runtime_stats(et: dict) -> dict:
@@ -124,9 +133,14 @@ def _from_runtime_stats(et: dict) -> dict:
     if n < 1:
         raise BackendError("the runtime generated no token")
     n_decode = n - 1
-    return {"prefill_s": max(prefill_s, 1e-3), "decode_s": decode_s, "decode_tokens": n_decode,
-            "decode_tok_per_s": n_decode / decode_s if n_decode and decode_s > 0 else None,
-            "runtime_stats": et, "timing": "executorch stats (ms resolution)"}
+    return {
+        "prefill_s": max(prefill_s, 1e-3),
+        "decode_s": decode_s,
+        "decode_tokens": n_decode,
+        "decode_tok_per_s": n_decode / decode_s if n_decode and decode_s > 0 else None,
+        "runtime_stats": et,
+        "timing": "executorch stats (ms resolution)",
+    }
 
 
 def _refuse_unloadable(program: str) -> None:
@@ -149,9 +163,11 @@ def _load_moe_kernels(program: str) -> None:
         with open(program, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
             calls = data.find(b"mmoe::") >= 0
         if calls:
-            raise BackendError(f"job.artifact ({Path(program).name}) calls mmoe:: operators "
-                               "(mobilemoe's MoE kernel) but the package mobilemoe_kernels is "
-                               "not importable here; install the project (make setup)") from None
+            raise BackendError(
+                f"job.artifact ({Path(program).name}) calls mmoe:: operators "
+                "(mobilemoe's MoE kernel) but the package mobilemoe_kernels is "
+                "not importable here; install the project (make setup)"
+            ) from None
         return
     try:
         mobilemoe_kernels.load_for(program)
@@ -199,10 +215,15 @@ def decode_op_profile(program: str, prompt_ids: list[int], etdump_path: Path) ->
                 continue
             per_op.setdefault(name, []).append(float(raw[-1]))
             total += float(raw[-1])
-    ops = sorted(({"op": k, "ms": sum(v), "calls": len(v)} for k, v in per_op.items()),
-                 key=lambda r: -r["ms"])
-    return {"ops": ops, "total_ms": total, "prompt_tokens": n,
-            "how": "ETDump of one decode step after a prefill, pybindings forward"}
+    ops = sorted(
+        ({"op": k, "ms": sum(v), "calls": len(v)} for k, v in per_op.items()), key=lambda r: -float(r["ms"])
+    )
+    return {
+        "ops": ops,
+        "total_ms": total,
+        "prompt_tokens": n,
+        "how": "ETDump of one decode step after a prefill, pybindings forward",
+    }
 
 
 def _check_context(spec: dict) -> None:
@@ -224,9 +245,11 @@ def _check_context(spec: dict) -> None:
         return
     need = max(spec["prompt_lengths"]) + spec["decode_tokens"]
     if need > context:
-        raise BackendError(f"job.benchmark: a prompt of {max(spec['prompt_lengths'])} tokens + "
-                           f"{spec['decode_tokens']} new needs {need} positions; the program's "
-                           f"context ({method}) is {context}")
+        raise BackendError(
+            f"job.benchmark: a prompt of {max(spec['prompt_lengths'])} tokens + "
+            f"{spec['decode_tokens']} new needs {need} positions; the program's "
+            f"context ({method}) is {context}"
+        )
 
 
 def bench(spec: dict) -> dict:
@@ -238,8 +261,10 @@ def bench(spec: dict) -> dict:
     try:
         tok = Tokenizer.from_file(spec["tokenizer"])
     except Exception as e:  # tokenizers raises a bare Exception
-        raise BackendError(f"the tokenizer is not a Hugging Face tokenizer.json ({e}); "
-                           "local-cpu builds prompts of exact token counts with it") from None
+        raise BackendError(
+            f"the tokenizer is not a Hugging Face tokenizer.json ({e}); "
+            "local-cpu builds prompts of exact token counts with it"
+        ) from None
     _refuse_unloadable(spec["program"])
     _check_context(spec)
     prompts = {n: exact_prompt(tok, n) for n in spec["prompt_lengths"]}
@@ -253,7 +278,7 @@ def bench(spec: dict) -> dict:
 
     pybind._unsafe_reset_threadpool(threads)  # ExecuTorch's own pool ignores OMP settings
     try:
-        import executorch.kernels.quantized  # noqa: F401  (INT4 embedding kernels, STACK.md)
+        import executorch.kernels.quantized  # noqa: F401  INT4 embedding kernels (docs/libraries.md)
     except ImportError:
         pass
     _load_moe_kernels(spec["program"])
@@ -264,9 +289,11 @@ def bench(spec: dict) -> dict:
     try:
         runner = TextLLMRunner(spec["program"], spec["tokenizer"])
     except RuntimeError as e:
-        raise BackendError(f"ExecuTorch could not load the program ({e}); it must be an "
-                           "LLM-convention .pte with metadata methods (get_max_seq_len, "
-                           "get_vocab_size, use_kv_cache, ...) and a matching tokenizer") from None
+        raise BackendError(
+            f"ExecuTorch could not load the program ({e}); it must be an "
+            "LLM-convention .pte with metadata methods (get_max_seq_len, "
+            "get_vocab_size, use_kv_cache, ...) and a matching tokenizer"
+        ) from None
     construct_s = time.perf_counter() - t0
     load_s, runs = None, []
     for n, prompt in prompts.items():
@@ -275,19 +302,29 @@ def bench(spec: dict) -> dict:
             try:
                 run = _one_run(runner, GenerationConfig, prompt, spec["decode_tokens"], warm)
             except RuntimeError as e:
-                raise BackendError(f"generation failed for a prompt of {n} tokens + "
-                                   f"{spec['decode_tokens']} new ({e}); does it fit the "
-                                   "program's context (get_max_context_len)?") from None
+                raise BackendError(
+                    f"generation failed for a prompt of {n} tokens + "
+                    f"{spec['decode_tokens']} new ({e}); does it fit the "
+                    "program's context (get_max_context_len)?"
+                ) from None
             et = run["runtime_stats"]
             if load_s is None:  # the method loads on the first generate
                 load_ms = et.get("model_load_end_ms", 0) - et.get("model_load_start_ms", 0)
                 load_s = construct_s + max(load_ms, 0) / 1000
             if et.get("prompt_tokens", n) != n:
-                raise BackendError(f"the runtime's tokenizer made {et['prompt_tokens']} tokens of "
-                                   f"a prompt that has {n} with `tokenizers`: tokenizer mismatch")
+                raise BackendError(
+                    f"the runtime's tokenizer made {et['prompt_tokens']} tokens of "
+                    f"a prompt that has {n} with `tokenizers`: tokenizer mismatch"
+                )
             if not warm:
-                runs.append({"prompt_tokens": n, "repeat": i - spec["warmup"],
-                             "prefill_tok_per_s": n / run["prefill_s"], **run})
+                runs.append(
+                    {
+                        "prompt_tokens": n,
+                        "repeat": i - spec["warmup"],
+                        "prefill_tok_per_s": n / run["prefill_s"],
+                        **run,
+                    }
+                )
     prefill, decode_by = {}, {}
     for n in prompts:
         mine = [r for r in runs if r["prompt_tokens"] == n]
@@ -305,16 +342,24 @@ def bench(spec: dict) -> dict:
             op_profile = {"error": f"{type(e).__name__}: {e}"[:500]}
     all_rates = [r["decode_tok_per_s"] for r in runs if r["decode_tok_per_s"]]
     if not all_rates:
-        raise BackendError("every run stopped at an end-of-sequence token before a second "
-                           "token: no decode speed to measure")
+        raise BackendError(
+            "every run stopped at an end-of-sequence token before a second token: no decode speed to measure"
+        )
     return {
-        "load_s": load_s, "prefill_tok_per_s": prefill, "decode_tok_per_s_by_prompt": decode_by,
+        "load_s": load_s,
+        "prefill_tok_per_s": prefill,
+        "decode_tok_per_s_by_prompt": decode_by,
         "decode_tok_per_s": statistics.median(all_rates),
-        "peak_rss_bytes": peak, "baseline_rss_bytes": baseline,
-        "raw": {"runs": runs, "pid": os.getpid(), "construct_s": construct_s,
-                "threads": pybind._threadpool_get_thread_count(),
-                "decode_op_profile": op_profile,
-                "timing": "perf_counter around ExecuTorch TextLLMRunner token callbacks"},
+        "peak_rss_bytes": peak,
+        "baseline_rss_bytes": baseline,
+        "raw": {
+            "runs": runs,
+            "pid": os.getpid(),
+            "construct_s": construct_s,
+            "threads": pybind._threadpool_get_thread_count(),
+            "decode_op_profile": op_profile,
+            "timing": "perf_counter around ExecuTorch TextLLMRunner token callbacks",
+        },
     }
 
 

@@ -11,7 +11,7 @@ import os
 import platform
 from importlib import metadata
 
-from . import Backend, RunContext, run_child
+from .base import Backend, RunContext, run_child
 
 
 def _cpu_model() -> str:
@@ -46,18 +46,28 @@ class LocalCpuBackend(Backend):
         cpus, mem = os.cpu_count(), _memory_bytes()
         model = _cpu_model()
         mem_txt = f", {mem / 2**30:.1f} GiB" if mem else ""
-        return {"kind": "cpu", "description": f"{model} ({cpus} logical CPUs{mem_txt}), "
-                f"{platform.system()} {platform.release()}, {platform.machine()}",
-                "cpu_model": model, "logical_cpus": cpus, "memory_bytes": mem,
-                "os": f"{platform.system()} {platform.release()}", "machine": platform.machine(),
-                "runtime": "executorch", "runtime_version": _version("executorch"),
-                "python": platform.python_version()}
+        return {
+            "kind": "cpu",
+            "description": f"{model} ({cpus} logical CPUs{mem_txt}), "
+            f"{platform.system()} {platform.release()}, {platform.machine()}",
+            "cpu_model": model,
+            "logical_cpus": cpus,
+            "memory_bytes": mem,
+            "os": f"{platform.system()} {platform.release()}",
+            "machine": platform.machine(),
+            "runtime": "executorch",
+            "runtime_version": _version("executorch"),
+            "python": platform.python_version(),
+        }
 
     def run(self, ctx: RunContext) -> dict:
         bench = ctx.job["benchmark"]
         spec = {"program": str(ctx.program), "tokenizer": str(ctx.tokenizer), **bench}
-        # One intra-op thread count for every library the child loads (STACK.md: 2 cores).
+        # One intra-op thread count for every library the child loads (docs/libraries.md#threads).
         threads = str(bench["threads"])
-        return run_child("device_lab.backends.executorch_bench", spec, ctx,
-                         env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-                              "TOKENIZERS_PARALLELISM": "false"})
+        return run_child(
+            "device_lab.backends.executorch_bench",
+            spec,
+            ctx,
+            env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"},
+        )

@@ -10,8 +10,12 @@ from . import add_config_args, load_config
 def add_parser(sub) -> None:
     p = sub.add_parser("arch", help="params, FLOPs/token, INT4/bf16 bytes, KV cache of a config")
     add_config_args(p)
-    p.add_argument("--context", type=int, default=None,
-                   help="context length for attention FLOPs (default: scaling.context)")
+    p.add_argument(
+        "--context",
+        type=int,
+        default=None,
+        help="context length for attention FLOPs (default: scaling.context)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -43,8 +47,10 @@ def run(args) -> int:
         ("bf16 weights", f"{acc.bf16_weight_bytes:,} B ({acc.bf16_weight_bytes / GIB:.3f} GiB)"),
         ("KV cache / token (bf16)", f"{acc.kv_cache_bytes_per_token:,} B"),
         ("memory budget", f"{budget.memory_budget_gib} GiB: {'fits' if fits_memory else 'OVER'}"),
-        ("compute budget", f"{budget.compute_budget_gflops_per_token} GFLOP/token: "
-                           f"{'fits' if fits_compute else 'OVER'}"),
+        (
+            "compute budget",
+            f"{budget.compute_budget_gflops_per_token} GFLOP/token: {'fits' if fits_compute else 'OVER'}",
+        ),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:

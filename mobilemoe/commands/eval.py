@@ -19,18 +19,32 @@ def add_parser(sub) -> None:
     what.add_argument("--checkpoint", metavar="DIR", help="a checkpoint folder")
     what.add_argument("--pte", metavar="FILE", help="an exported ExecuTorch program")
     what.add_argument("--list-tasks", action="store_true", help="print the offline task names")
-    what.add_argument("--task-dir", action="store_true",
-                      help="print the generated lm-eval task folder (for lm_eval --include_path)")
-    p.add_argument("--tokenizer", metavar="FILE",
-                   help="tokenizer.json (default: the checkpoint's own / the one beside the .pte)")
+    what.add_argument(
+        "--task-dir",
+        action="store_true",
+        help="print the generated lm-eval task folder (for lm_eval --include_path)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        metavar="FILE",
+        help="tokenizer.json (default: the checkpoint's own / the one beside the .pte)",
+    )
     p.add_argument("--tasks", help="comma-separated task names (default: eval.tasks)")
     p.add_argument("--limit", help="examples per task; 'all' = full splits (default: eval.limit)")
-    p.add_argument("--batch-size", type=int, help="scoring: a token budget of N x the context per forward pass; generation: N requests (default: eval.batch_size)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="scoring: a token budget of N x the context per forward pass; "
+        "generation: N requests (default: eval.batch_size)",
+    )
     p.add_argument("--num-fewshot", type=int, help="few-shot examples (default: eval.num_fewshot)")
     p.add_argument("--device", help="cpu | cuda | auto (default: runtime.device)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--paper", action="store_true",
-                   help="also print the comparison with PAPER.md's paper-scale numbers")
+    p.add_argument(
+        "--paper",
+        action="store_true",
+        help="also print the comparison with the paper's reported numbers (docs/paper.md)",
+    )
     add_config_args(p)
     p.set_defaults(func=run)
 
@@ -59,13 +73,23 @@ def run(args) -> int:
     params = load_config(args)
     from ..eval.runner import format_table, run_eval, write_results
 
-    results = run_eval(params, checkpoint=args.checkpoint, pte=args.pte, tokenizer=args.tokenizer,
-                       tasks=args.tasks, limit=args.limit, batch_size=args.batch_size,
-                       num_fewshot=args.num_fewshot, device=args.device)
+    results = run_eval(
+        params,
+        checkpoint=args.checkpoint,
+        pte=args.pte,
+        tokenizer=args.tokenizer,
+        tasks=args.tasks,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        num_fewshot=args.num_fewshot,
+        device=args.device,
+    )
     s = results["settings"]
-    print(f"{results['model']['kind']} {results['model']['path']}: {len(s['tasks'])} task(s), "
-          f"limit {s['limit'] or 'none (full splits)'}, {s['num_fewshot']}-shot, "
-          f"{results['wall_s']:.1f} s")
+    print(
+        f"{results['model']['kind']} {results['model']['path']}: {len(s['tasks'])} task(s), "
+        f"limit {s['limit'] or 'none (full splits)'}, {s['num_fewshot']}-shot, "
+        f"{results['wall_s']:.1f} s"
+    )
     print(format_table(results))
     if args.paper:
         from ..eval.report import markdown_comparison, paper_comparison

@@ -18,18 +18,29 @@ def add_parser(sub) -> None:
     src.add_argument("--checkpoint", help="checkpoint folder (eager model with KV cache)")
     src.add_argument("--pte", help="exported program (ExecuTorch runtime)")
     p.add_argument("--prompt", required=True, help="the prompt text")
-    p.add_argument("--tokenizer", default=None,
-                   help="tokenizer.json (default: the checkpoint's, or the one beside the .pte)")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer.json (default: the checkpoint's, or the one beside the .pte)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     chat = p.add_mutually_exclusive_group()
-    chat.add_argument("--chat", dest="chat", action="store_true", default=None,
-                      help="use the chat template (default: for sft/qat models)")
+    chat.add_argument(
+        "--chat",
+        dest="chat",
+        action="store_true",
+        default=None,
+        help="use the chat template (default: for sft/qat models)",
+    )
     chat.add_argument("--no-chat", dest="chat", action="store_false")
-    p.add_argument("--fp32", action="store_true",
-                   help="a QAT checkpoint's float weights instead of its converted INT4 model")
+    p.add_argument(
+        "--fp32",
+        action="store_true",
+        help="a QAT checkpoint's float weights instead of its converted INT4 model",
+    )
     p.add_argument("--threads", type=int, default=1, help="CPU threads")
     p.set_defaults(func=run)
 
@@ -63,8 +74,7 @@ def run(args) -> int:
     from ..quant import load_for_inference
 
     model, config = load_for_inference(args.checkpoint, quantized=not args.fp32)
-    tokenizer = load_tokenizer(args.tokenizer or Path(args.checkpoint) / TOKENIZER,
-                               model.cfg.vocab_size)
+    tokenizer = load_tokenizer(args.tokenizer or Path(args.checkpoint) / TOKENIZER, model.cfg.vocab_size)
     chat = is_chat_stage(config.get("stage")) if args.chat is None else args.chat
     ids = encode_prompt(tokenizer, args.prompt, chat)
     new = generate_ids(model, ids, args.max_new_tokens, **sampling)

@@ -43,22 +43,36 @@ def run(args) -> int:
         from ..checkpoint import checkpoint_sha256
 
         sha = checkpoint_sha256(args.checkpoint)
-        runs = [r for r in tracker.find_runs({L.CHECKPOINT_SHA256: sha})
-                if L.REUSED_FROM_RUN not in r.data.tags]
+        runs = [
+            r for r in tracker.find_runs({L.CHECKPOINT_SHA256: sha}) if L.REUSED_FROM_RUN not in r.data.tags
+        ]
         if not runs:
-            raise UserError(f"{args.checkpoint}: no MLflow run produced a checkpoint with "
-                            f"sha256 {sha[:16]}... in {tracker}")
+            raise UserError(
+                f"{args.checkpoint}: no MLflow run produced a checkpoint with "
+                f"sha256 {sha[:16]}... in {tracker}"
+            )
         run_id = runs[0].info.run_id
     chain = walk(tracker, run_id)
     if args.json:
         print(json.dumps(chain, indent=1))
         return 0
     for i, node in enumerate(chain):
-        print(f"{'  ' * i}{node['stage']:<15} run {node['run_id']}"
-              + (f" (reused output of {node['reused_from_run_id']})" if node.get("reused_from_run_id") else ""))
+        reused = node.get("reused_from_run_id")
+        print(
+            f"{'  ' * i}{node['stage']:<15} run {node['run_id']}"
+            + (f" (reused output of {reused})" if reused else "")
+        )
         pad = "  " * i + " " * 16
-        for key in ("checkpoint_sha256", "pte_sha256", "input_checkpoint_sha256", "data_version_sha256",
-                    "git_commit", "git_dirty", "code_version", "metaflow_pathspec"):
+        for key in (
+            "checkpoint_sha256",
+            "pte_sha256",
+            "input_checkpoint_sha256",
+            "data_version_sha256",
+            "git_commit",
+            "git_dirty",
+            "code_version",
+            "metaflow_pathspec",
+        ):
             if node.get(key):
                 print(f"{pad}{key}: {node[key]}")
         if node.get("params"):
@@ -78,24 +92,37 @@ def _find_models(tracker, args):
     from ..checkpoint import sha256_file
 
     sha = sha256_file(args.pte)
-    return list(tracker.client.search_logged_models(
-        experiment_ids=[tracker.experiment_id], filter_string=f"tags.`{L.PTE_SHA256}` = '{sha}'"))
+    return list(
+        tracker.client.search_logged_models(
+            experiment_ids=[tracker.experiment_id], filter_string=f"tags.`{L.PTE_SHA256}` = '{sha}'"
+        )
+    )
 
 
 def walk(tracker, run_id: str, limit: int = 20) -> list[dict]:
     """The chain of stage runs from ``run_id`` back to the first stage."""
     from .. import lineage as L
 
-    chain, seen = [], set()
+    chain: list[dict] = []
+    seen: set[str] = set()
     while run_id and run_id not in seen and len(chain) < limit:
         seen.add(run_id)
         run = tracker.get_run(run_id)
         tags = run.data.tags
-        node = {"stage": tags.get(L.STAGE, "?"), "run_id": run_id,
-                "params": dict(run.data.params)}
-        for name in ("checkpoint_sha256", "pte_sha256", "input_checkpoint_sha256", "data_version_sha256",
-                     "git_commit", "git_dirty", "code_version", "metaflow_pathspec",
-                     "reused_from_run_id", "input_run_id", "data_version"):
+        node = {"stage": tags.get(L.STAGE, "?"), "run_id": run_id, "params": dict(run.data.params)}
+        for name in (
+            "checkpoint_sha256",
+            "pte_sha256",
+            "input_checkpoint_sha256",
+            "data_version_sha256",
+            "git_commit",
+            "git_dirty",
+            "code_version",
+            "metaflow_pathspec",
+            "reused_from_run_id",
+            "input_run_id",
+            "data_version",
+        ):
             value = tags.get(L.TAG_PREFIX + name)
             if value:
                 node[name] = value

@@ -24,6 +24,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run_use)
     p = sub.add_parser("config", help="print the validated configuration as YAML")
     add_config_args(p)
+    p.add_argument("--keys", action="store_true", help="list every key with its type and range instead")
     p.set_defaults(func=run_show)
     p = sub.add_parser("presets", help="list the presets")
     p.set_defaults(func=run_list)
@@ -31,9 +32,10 @@ def add_parser(sub) -> None:
 
 def run_use(args) -> int:
     from ..config import load_params, params_path, preset_path
+    from ..preflight import preflight
 
     src = Path(args.file) if args.file else preset_path(args.name)
-    load_params(src)  # never install an invalid file
+    preflight(load_params(src), str(src))  # never install an invalid file
     dst = params_path()
     what = f"file {str(src)!r}" if args.file else f"preset {args.name!r}"
     if dst.exists() and src.resolve() == dst.resolve():
@@ -53,6 +55,14 @@ def run_use(args) -> int:
 
 
 def run_show(args) -> int:
+    if args.keys:
+        from ..config import Params
+        from ..config.base import describe_keys
+        from ..config.data import SourceConfig
+
+        for key, kind in [*describe_keys(Params), *describe_keys(SourceConfig, "data.sources[].")]:
+            print(f"{key:<48} {kind}")
+        return 0
     print(yaml.safe_dump(load_config(args).to_dict(), sort_keys=False), end="")
     return 0
 

@@ -30,9 +30,23 @@ from .scaling import ScalingConfig
 from .train import QATStageConfig, TrainStageConfig
 
 __all__ = [
-    "ConfigError", "Params", "ModelConfig", "MoEConfig", "RopeScaling", "TrainStageConfig",
-    "QATStageConfig", "load_params", "load_preset", "parse_params", "preset_names",
-    "preset_path", "project_root", "params_path", "apply_overrides", "to_dict", "flatten",
+    "ConfigError",
+    "Params",
+    "ModelConfig",
+    "MoEConfig",
+    "RopeScaling",
+    "TrainStageConfig",
+    "QATStageConfig",
+    "load_params",
+    "load_preset",
+    "parse_params",
+    "preset_names",
+    "preset_path",
+    "project_root",
+    "params_path",
+    "apply_overrides",
+    "to_dict",
+    "flatten",
 ]
 
 TRAIN_STAGES = ("pretrain", "midtrain", "sft", "qat")
@@ -57,17 +71,24 @@ class Params:
         for stage in TRAIN_STAGES:
             cfg: TrainStageConfig = getattr(self, stage)
             if cfg.seq_len > self.model.max_seq_len:
-                fail(f"{stage}.seq_len", f"{cfg.seq_len} is longer than model.max_seq_len="
-                     f"{self.model.max_seq_len}")
+                fail(
+                    f"{stage}.seq_len",
+                    f"{cfg.seq_len} is longer than model.max_seq_len={self.model.max_seq_len}",
+                )
         ctx = self.export.max_seq_len or self.model.max_seq_len
         if self.export.max_seq_len and self.export.max_seq_len > self.model.max_seq_len:
-            fail("export.max_seq_len", f"{self.export.max_seq_len} is longer than "
-                 f"model.max_seq_len={self.model.max_seq_len}")
+            fail(
+                "export.max_seq_len",
+                f"{self.export.max_seq_len} is longer than model.max_seq_len={self.model.max_seq_len}",
+            )
         lab = self.device_lab
         if lab.prompt_lengths and max(lab.prompt_lengths) + lab.decode_tokens > ctx:
-            fail("device_lab.prompt_lengths", f"longest prompt {max(lab.prompt_lengths)} + "
-                 f"decode_tokens {lab.decode_tokens} exceeds the exported context {ctx} "
-                 "(export.max_seq_len, else model.max_seq_len)")
+            fail(
+                "device_lab.prompt_lengths",
+                f"longest prompt {max(lab.prompt_lengths)} + "
+                f"decode_tokens {lab.decode_tokens} exceeds the exported context {ctx} "
+                "(export.max_seq_len, else model.max_seq_len)",
+            )
         # INT4 groups run along each linear's input dim: every input width must split into
         # whole groups (the routed experts' down projection reads expert_hidden inputs).
         m, g = self.model, self.qat.group_size
@@ -80,14 +101,14 @@ class Params:
                 widths["model.moe.shared_hidden"] = m.moe.n_shared_experts * m.moe.shared_hidden
         for name, width in widths.items():
             if width % g:
-                fail("qat.group_size", f"{g} does not divide {name}={width} (INT4 groups run "
-                     "along each linear's input dimension)")
+                fail(
+                    "qat.group_size",
+                    f"{g} does not divide {name}={width} (INT4 groups run "
+                    "along each linear's input dimension)",
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
-
-    def section(self, name: str) -> Any:
-        return getattr(self, name)
 
 
 def project_root() -> Path:
@@ -116,13 +137,17 @@ def preset_names() -> list[str]:
 def preset_path(name: str) -> Path:
     # A preset is a name, never a path: "../params" or "/tmp/x" are not presets.
     if name not in preset_names():
-        raise ConfigError(f"unknown preset {name!r}; available presets: "
-                          f"{', '.join(preset_names()) or '(none found in ' + str(preset_dir()) + ')'}"
-                          "; give a file with --file PATH")
+        raise ConfigError(
+            f"unknown preset {name!r}; available presets: "
+            f"{', '.join(preset_names()) or '(none found in ' + str(preset_dir()) + ')'}"
+            "; give a file with --file PATH"
+        )
     path = preset_dir() / f"{name}.yaml"
     if not path.is_file():
-        raise ConfigError(f"unknown preset {name!r}; available presets: "
-                          f"{', '.join(preset_names()) or '(none found in ' + str(preset_dir()) + ')'}")
+        raise ConfigError(
+            f"unknown preset {name!r}; available presets: "
+            f"{', '.join(preset_names()) or '(none found in ' + str(preset_dir()) + ')'}"
+        )
     return path
 
 
@@ -148,8 +173,9 @@ def apply_overrides(raw: dict, overrides: Iterable[str]) -> dict:
             if part not in node:
                 raise ConfigError(f"override {key}: unknown key {where!r}")
             if node[part] is None:
-                raise ConfigError(f"override {key}: {where} is null in this configuration; "
-                                  f"set {where} to a mapping first")
+                raise ConfigError(
+                    f"override {key}: {where} is null in this configuration; set {where} to a mapping first"
+                )
             if not isinstance(node[part], dict):
                 raise ConfigError(f"override {key}: {where} is not a mapping")
             node = node[part]
@@ -167,7 +193,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -175,8 +202,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def read_yaml(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: params file not found (copy a preset: "
-                          f"`mobilemoe use-preset tiny`, or pass an existing file)")
+        raise ConfigError(
+            f"{path}: params file not found (copy a preset: "
+            f"`mobilemoe use-preset tiny`, or pass an existing file)"
+        )
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:

@@ -5,16 +5,21 @@ mapping into an instance, checking unknown keys, missing keys and types against 
 annotations, and reports problems as one :class:`ConfigError` naming the dotted key.
 Sections may define ``validate(self, key)`` for cross-field rules (called after
 building); it raises ``ConfigError`` through :func:`fail`.
+
+Every numeric field states its range where it is defined, in its annotation:
+``top_k: PositiveInt = 2`` or ``beta2: Annotated[float, Range(ge=0, lt=1)] = 0.95``.
+``build`` checks it at load time (``top_k: must be > 0, got 0``) and
+:func:`describe_keys` lists every key with its type and range (``mobilemoe config
+--keys``). A test fails if a numeric field has no range.
 """
 
 from __future__ import annotations
 
-import math
-
 import dataclasses
+import math
 import types
 import typing
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Iterator, Literal, Optional, Union, get_args, get_origin
 
 from ..errors import UserError
 
@@ -27,7 +32,49 @@ def fail(key: str, problem: str) -> typing.NoReturn:
     raise ConfigError(f"{key}: {problem}")
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Bounds of a numeric config value (``None`` = unbounded on that side)."""
+
+    ge: Optional[float] = None
+    gt: Optional[float] = None
+    le: Optional[float] = None
+    lt: Optional[float] = None
+
+    def describe(self) -> str:
+        lo = f">= {self.ge:g}" if self.ge is not None else f"> {self.gt:g}" if self.gt is not None else ""
+        hi = f"<= {self.le:g}" if self.le is not None else f"< {self.lt:g}" if self.lt is not None else ""
+        return " and ".join(part for part in (lo, hi) if part) or "any value"
+
+    def holds(self, value: float) -> bool:
+        return not (
+            (self.ge is not None and value < self.ge)
+            or (self.gt is not None and value <= self.gt)
+            or (self.le is not None and value > self.le)
+            or (self.lt is not None and value >= self.lt)
+        )
+
+
+# The ranges most keys share.
+PositiveInt = Annotated[int, Range(gt=0)]
+NonNegativeInt = Annotated[int, Range(ge=0)]
+PositiveFloat = Annotated[float, Range(gt=0)]
+NonNegativeFloat = Annotated[float, Range(ge=0)]
+Fraction = Annotated[float, Range(ge=0, le=1)]
+
+
+def _ranges(tp: Any) -> tuple[Any, list[Range]]:
+    """(the annotated type, its ranges) for ``Annotated[T, Range(...)]``, else (tp, [])."""
+    if get_origin(tp) is Annotated:
+        base, *meta = get_args(tp)
+        return base, [m for m in meta if isinstance(m, Range)]
+    return tp, []
+
+
 def _type_name(tp: Any) -> str:
+    tp, ranges = _ranges(tp)
+    if ranges:
+        return f"{_type_name(tp)} {' and '.join(r.describe() for r in ranges)}"
     origin = get_origin(tp)
     if origin is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
@@ -46,6 +93,13 @@ def _type_name(tp: Any) -> str:
 
 
 def _convert(tp: Any, value: Any, key: str, complete: bool = False) -> Any:
+    base, ranges = _ranges(tp)
+    if ranges:
+        out = _convert(base, value, key, complete)
+        for r in ranges:
+            if not r.holds(out):
+                fail(key, f"must be {r.describe()}, got {out!r}")
+        return out
     origin = get_origin(tp)
     if tp is Any:
         return value
@@ -73,7 +127,7 @@ def _convert(tp: Any, value: Any, key: str, complete: bool = False) -> Any:
         if value in get_args(tp):
             return value
         fail(key, f"must be one of {', '.join(repr(a) for a in get_args(tp))}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             fail(key, f"must be a mapping, got {type(value).__name__} {value!r}")
         return build(tp, value, key, complete)
@@ -127,7 +181,7 @@ def build(cls: type, data: dict, key: str = "", complete: bool = False) -> Any:
     """
     if not isinstance(data, dict):
         fail(key or "<root>", f"must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     prefix = f"{key}." if key else ""
     unknown = sorted(set(map(str, data)) - set(fields))
@@ -140,14 +194,34 @@ def build(cls: type, data: dict, key: str = "", complete: bool = False) -> Any:
     for name, field in fields.items():
         if name in data:
             kwargs[name] = _convert(hints[name], data[name], prefix + name, complete)
-        elif complete or (field.default is dataclasses.MISSING
-                          and field.default_factory is dataclasses.MISSING):
+        elif complete or (
+            field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        ):
             fail(prefix + name, f"missing (expected {_type_name(hints[name])})")
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if validate is not None:
         validate(key)
     return obj
+
+
+def describe_keys(cls: type, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(dotted key, its type and range) for every key of config class ``cls``; a section
+    that is a mapping of sections (``name -> section``) is listed as ``key.<name>.field``."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        key, tp = prefix + f.name, hints[f.name]
+        sections = [a for a in (tp, *get_args(tp)) if isinstance(a, type) and dataclasses.is_dataclass(a)]
+        if get_origin(tp) is dict and sections:
+            yield from describe_keys(sections[0], f"{key}.<name>.")
+        elif sections:
+            if get_origin(tp) in (Union, types.UnionType):
+                yield key, _type_name(tp)  # e.g. "a mapping | null"
+            yield from describe_keys(sections[0], f"{key}.")
+        else:
+            yield key, _type_name(tp)
 
 
 def to_dict(obj: Any) -> Any:

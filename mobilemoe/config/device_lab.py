@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .base import fail, positive, require
+from .base import NonNegativeInt, PositiveFloat, PositiveInt, require
 
 
 @dataclass
@@ -24,36 +24,42 @@ class DeviceLabConfig:
     # never go here: boto3 reads them from the environment / AWS config files.
     endpoint_url: Optional[str] = None
     backend: str = "local-cpu"  # what runs the program: local-cpu, or a lab's phone backend
-    prompt_lengths: list[int] = field(default_factory=lambda: [32, 128])  # tokens, exact
-    decode_tokens: int = 32  # new tokens per run (the first one ends the prefill)
-    repeats: int = 3  # measured runs per prompt length (results are medians)
-    warmup: int = 1  # unrecorded runs per prompt length first
-    threads: int = 1  # runtime threads on the device
-    timeout_s: float = 600.0  # how long the step waits; also the job's deadline to start
-    poll_s: float = 1.0  # how often the step looks for the result
+    prompt_lengths: list[PositiveInt] = field(default_factory=lambda: [32, 128])  # tokens, exact
+    decode_tokens: PositiveInt = 32  # new tokens per run (the first one ends the prefill)
+    repeats: PositiveInt = 3  # measured runs per prompt length (results are medians)
+    warmup: NonNegativeInt = 1  # unrecorded runs per prompt length first
+    threads: PositiveInt = 1  # runtime threads on the device
+    timeout_s: PositiveFloat = 600.0  # how long the step waits; also the job's deadline to start
+    poll_s: PositiveFloat = 1.0  # how often the step looks for the result
 
     def validate(self, key: str) -> None:
-        from device_lab.schema import ProtocolError, parse_queue_uri
-
-        positive(self, key, "decode_tokens", "repeats", "threads", "timeout_s", "poll_s")
-        require(self.decode_tokens >= 2, f"{key}.decode_tokens",
-                f"must be >= 2 (decode speed needs tokens after the first), got {self.decode_tokens}")
-        require(self.warmup >= 0, f"{key}.warmup", f"must be >= 0, got {self.warmup}")
+        # The queue URI is parsed by mobilemoe.preflight (the device-lab protocol owns its
+        # syntax), at the pipeline's start and in every CLI command.
+        require(
+            self.decode_tokens >= 2,
+            f"{key}.decode_tokens",
+            f"must be >= 2 (decode speed needs tokens after the first), got {self.decode_tokens}",
+        )
         require(bool(self.prompt_lengths), f"{key}.prompt_lengths", "must list at least one length")
-        require(all(n > 0 for n in self.prompt_lengths), f"{key}.prompt_lengths",
-                f"lengths must be > 0, got {self.prompt_lengths}")
-        require(len(set(self.prompt_lengths)) == len(self.prompt_lengths),
-                f"{key}.prompt_lengths", f"lengths must be unique, got {self.prompt_lengths}")
-        require(re.fullmatch(r"[a-z0-9][a-z0-9-]{0,63}", self.backend) is not None,
-                f"{key}.backend", f"{self.backend!r} is not a backend name (e.g. local-cpu)")
-        if self.queue is not None:
-            try:
-                parse_queue_uri(self.queue, f"{key}.queue")
-            except ProtocolError as e:
-                fail(f"{key}.queue", str(e).split(": ", 1)[-1])
+        require(
+            len(set(self.prompt_lengths)) == len(self.prompt_lengths),
+            f"{key}.prompt_lengths",
+            f"lengths must be unique, got {self.prompt_lengths}",
+        )
+        require(
+            re.fullmatch(r"[a-z0-9][a-z0-9-]{0,63}", self.backend) is not None,
+            f"{key}.backend",
+            f"{self.backend!r} is not a backend name (e.g. local-cpu)",
+        )
         if self.endpoint_url is not None:
-            require(re.match(r"^https?://", self.endpoint_url) is not None,
-                    f"{key}.endpoint_url", f"must be an http(s) URL, got {self.endpoint_url!r}")
-            require("@" not in self.endpoint_url.split("//", 1)[-1].split("/", 1)[0],
-                    f"{key}.endpoint_url", "contains credentials (user:password@host); give "
-                    "them through AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY instead")
+            require(
+                re.match(r"^https?://", self.endpoint_url) is not None,
+                f"{key}.endpoint_url",
+                f"must be an http(s) URL, got {self.endpoint_url!r}",
+            )
+            require(
+                "@" not in self.endpoint_url.split("//", 1)[-1].split("/", 1)[0],
+                f"{key}.endpoint_url",
+                "contains credentials (user:password@host); give "
+                "them through AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY instead",
+            )

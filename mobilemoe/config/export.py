@@ -1,7 +1,7 @@
 """The ``export`` section: the ExecuTorch program (``mobilemoe.export.export_pte``).
 
-    export_pte(qat_checkpoint, out, quantize=params.export.quantize,
-               max_seq_len=params.export.max_seq_len)
+export_pte(qat_checkpoint, out, quantize=params.export.quantize,
+           max_seq_len=params.export.max_seq_len)
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from .base import positive
+from .base import PositiveInt
 
 
 @dataclass
@@ -18,7 +18,4 @@ class ExportConfig:
     # stage's checkpoint); none = fp32 program
     quantize: Literal["8da4w", "none"] = "8da4w"
     # KV-cache slots of the program (prompt + generated tokens); null = model.max_seq_len
-    max_seq_len: Optional[int] = None
-
-    def validate(self, key: str) -> None:
-        positive(self, key, "max_seq_len")
+    max_seq_len: Optional[PositiveInt] = None

@@ -6,8 +6,9 @@
     fig = plot_results({"checkpoint": results, ".pte": run_eval(params, pte="out/model.pte")})
 
 Modules: ``suite`` (offline task YAMLs derived from lm-eval's own), ``lm_model`` (the
-``mobilemoe`` / ``mobilemoe-pte`` lm-eval models), ``scoring`` / ``kv`` / ``generation``
-(batched log-likelihoods, shared contexts, KV-cache generation), ``loading`` (checkpoint /
+``mobilemoe`` / ``mobilemoe-pte`` lm-eval models), ``scoring`` (batched log-likelihoods,
+requests packed as prefix trees), ``forward`` (the model's forward on those packed rows,
+query-block attention), ``generation`` (KV-cache generation), ``loading`` (checkpoint /
 .pte), ``runner`` (``run_eval`` and result tables), ``report`` (bar chart, paper
 comparison), ``docs`` (row adapters the generated YAMLs call). Kept import-light.
 """

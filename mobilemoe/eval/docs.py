@@ -44,8 +44,9 @@ def request_docs(dataset):
     """OLMo request file -> its documents (the upstream rows), one per ``doc_id``."""
     import datasets
 
-    return _memo("docs", dataset, lambda: datasets.Dataset.from_list(
-        dataset.select(_first_per_doc(dataset))["doc"]))
+    return _memo(
+        "docs", dataset, lambda: datasets.Dataset.from_list(dataset.select(_first_per_doc(dataset))["doc"])
+    )
 
 
 def lambada_docs(dataset):
@@ -54,8 +55,9 @@ def lambada_docs(dataset):
 
     def build():
         docs = dataset.select(_first_per_doc(dataset))["doc"]
-        return datasets.Dataset.from_list([
-            {"text": f"{d['query']} {d['answers_text'][0]}", "id": d.get("id")} for d in docs])
+        return datasets.Dataset.from_list(
+            [{"text": f"{d['query']} {d['answers_text'][0]}", "id": d.get("id")} for d in docs]
+        )
 
     return _memo("lambada", dataset, build)
 
@@ -66,9 +68,12 @@ def request_pairs(dataset):
 
     def build():
         rows = dataset.select(_first_per_doc(dataset))
-        return datasets.Dataset.from_list([
-            {"context": r["context"], "continuation": r["continuation"], "doc_id": i}
-            for r, i in zip(rows["request"], rows["doc_id"])])
+        return datasets.Dataset.from_list(
+            [
+                {"context": r["context"], "continuation": r["continuation"], "doc_id": i}
+                for r, i in zip(rows["request"], rows["doc_id"])
+            ]
+        )
 
     return _memo("pairs", dataset, build)
 
@@ -81,5 +86,5 @@ def bits_per_byte(loglikelihood_nats: float, text: str) -> float:
 
 def bpb_results(doc: dict, results: list) -> dict:
     """process_results of the ``*_bpb`` tasks: one loglikelihood request per document."""
-    (loglikelihood, _is_greedy), = results
+    ((loglikelihood, _is_greedy),) = results
     return {"bits_per_byte": bits_per_byte(loglikelihood, doc["continuation"])}

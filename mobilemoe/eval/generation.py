@@ -18,8 +18,9 @@ from ..tokens import PAD_ID
 from .forward import activation_device_dtype
 
 
-def greedy_generate(model, prompts: list[list[int]], max_new_tokens: list[int],
-                    should_stop: Callable[[int, list[int]], bool]) -> list[list[int]]:
+def greedy_generate(
+    model, prompts: list[list[int]], max_new_tokens: list[int], should_stop: Callable[[int, list[int]], bool]
+) -> list[list[int]]:
     import torch
 
     B = len(prompts)
@@ -34,8 +35,8 @@ def greedy_generate(model, prompts: list[list[int]], max_new_tokens: list[int],
     tokens = torch.full((B, L), PAD_ID, dtype=torch.long, device=device)
     key_valid = torch.ones(B, L + budget, dtype=torch.bool, device=device)
     for i, p in enumerate(prompts):
-        tokens[i, L - len(p):] = torch.tensor(p, dtype=torch.long)
-        key_valid[i, :L - len(p)] = False
+        tokens[i, L - len(p) :] = torch.tensor(p, dtype=torch.long)
+        key_valid[i, : L - len(p)] = False
     with torch.inference_mode():
         logits = model(tokens, input_pos=torch.arange(L, device=device), key_valid=key_valid)[:, -1]
         for step in range(budget):

@@ -3,6 +3,7 @@ exported ExecuTorch program, scored through the ExecuTorch runtime).
 
     lm_eval --model mobilemoe --model_args checkpoint=DIR[,batch_size=16,device=cpu,dtype=float32] --tasks ...
     lm_eval --model mobilemoe-pte --model_args pte=FILE,tokenizer=FILE --tasks ...
+    (add --include_path "$(mobilemoe eval --task-dir)" for our offline tasks)
     simple_evaluate(model=MobileMoELM(checkpoint=DIR), tasks=..., task_manager=...)
 
 The stock ``lm_eval`` command knows these names because the interpreter start-up hook
@@ -24,7 +25,7 @@ import logging
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
@@ -81,8 +82,14 @@ class _TokenLM(TemplateLM):
         with _one_error_line():
             return super().create_from_arg_obj(arg_dict, additional_config)
 
-    def __init__(self, tokenizer_path: Path, max_length: int, batch_size: int,
-                 max_gen_toks: int, vocab_size: Optional[int]):
+    def __init__(
+        self,
+        tokenizer_path: Path,
+        max_length: int,
+        batch_size: int,
+        max_gen_toks: int,
+        vocab_size: Optional[int],
+    ):
         super().__init__()
         from ..data.tokenizer import load_tokenizer
 
@@ -93,8 +100,11 @@ class _TokenLM(TemplateLM):
         self.max_gen_toks = int(max_gen_toks)
         # Per-task counts of DOCUMENTS (Instance.task_name, doc_id) with at least one
         # request truncated / split / clamped, and of requests: read by eval.runner.
-        self._flagged: dict[str, set] = {"truncated": set(), "long_continuations": set(),
-                                         "clamped_generations": set()}
+        self._flagged: dict[str, set] = {
+            "truncated": set(),
+            "long_continuations": set(),
+            "clamped_generations": set(),
+        }
         self._requests: Counter = Counter()
 
     @property
@@ -168,8 +178,9 @@ class _TokenLM(TemplateLM):
             encoded.append(((context, continuation), ctx, cont))
         return self._loglikelihood_tokens(encoded, disable_tqdm=disable_tqdm, instances=requests)
 
-    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False,
-                              instances: Optional[list] = None) -> list[tuple[float, bool]]:
+    def _loglikelihood_tokens(
+        self, requests, disable_tqdm: bool = False, instances: Optional[list] = None
+    ) -> list[tuple[float, bool]]:
         from .scoring import continuation_windows, sum_windows
 
         windows, counts = [], []
@@ -193,8 +204,9 @@ class _TokenLM(TemplateLM):
         windows, counts = [], []
         for req in requests:
             (string,) = req.args
-            ws = rolling_windows(self.tok_encode(string, add_special_tokens=False),
-                                 self.prefix_token_id, self.max_length)
+            ws = rolling_windows(
+                self.tok_encode(string, add_special_tokens=False), self.prefix_token_id, self.max_length
+            )
             self._requests[req.task_name] += 1
             windows += ws
             counts.append(len(ws))
@@ -209,8 +221,14 @@ class _TokenLM(TemplateLM):
         from .scoring import score_windows
 
         with tqdm(total=len(windows), disable=disable_tqdm, desc=f"mobilemoe {what}") as bar:
-            return score_windows(windows, self._logits_last, self.batch_size, self.max_length,
-                                 progress=bar.update, tree_fn=self._logits_tree)
+            return score_windows(
+                windows,
+                self._logits_last,
+                self.batch_size,
+                self.max_length,
+                progress=bar.update,
+                tree_fn=self._logits_tree,
+            )
 
     # -- generation ------------------------------------------------------------------
     def _gen_budget(self, n_ctx: int, max_gen: int) -> tuple[int, int]:
@@ -230,6 +248,7 @@ class _TokenLM(TemplateLM):
             until = kwargs.pop("until", None) or []
             until = [until] if isinstance(until, str) else list(until)
             max_gen = _int_arg("max_gen_toks", kwargs.pop("max_gen_toks", None), self.max_gen_toks)
+            assert max_gen is not None  # the default is an int
             if kwargs.get("do_sample") or float(kwargs.get("temperature") or 0) > 0:
                 log.warning("mobilemoe: sampling requested (%s); generating greedily", kwargs)
             ctx = self.tok_encode(context)
@@ -237,21 +256,21 @@ class _TokenLM(TemplateLM):
             self._requests[req.task_name] += 1
             self._flag("truncated", req, keep < len(ctx))
             self._flag("clamped_generations", req, budget < max_gen)
-            specs.append((ctx[len(ctx) - keep:], budget, [u for u in until if u]))
+            specs.append((ctx[len(ctx) - keep :], budget, [u for u in until if u]))
             groups.setdefault((tuple(until), budget), []).append(k)
         out: list[Optional[str]] = [None] * len(requests)
         bar = tqdm(total=len(requests), disable=disable_tqdm, desc="mobilemoe generate_until")
         for idx in groups.values():
             idx.sort(key=lambda k: -len(specs[k][0]))  # similar lengths pad little
             for b in range(0, len(idx), self.batch_size):
-                chunk = idx[b:b + self.batch_size]
+                chunk = idx[b : b + self.batch_size]
                 texts = self._generate_texts([specs[k] for k in chunk])
                 for k, text in zip(chunk, texts):
                     out[k] = text
                     self.cache_hook.add_partial("generate_until", requests[k].args, text)
                 bar.update(len(chunk))
         bar.close()
-        return out
+        return [text or "" for text in out]  # every slot was filled above
 
     def _generate_texts(self, specs: list[tuple[list[int], int, list[str]]]) -> list[str]:
         stop_ids = {EOS_ID, END_OF_TURN_ID}
@@ -297,8 +316,14 @@ def _resolve_device(device: Optional[str]) -> str:
 def _resolve_dtype(dtype: Optional[str], device: str):
     import torch
 
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype in (None, "", "auto"):
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     if str(dtype) not in names:
@@ -310,13 +335,26 @@ def _resolve_dtype(dtype: Optional[str], device: str):
 class MobileMoELM(_TokenLM):
     """A mobilemoe checkpoint folder (any stage; QAT checkpoints are evaluated converted)."""
 
-    def __init__(self, checkpoint=None, tokenizer=None, batch_size=None, device=None, dtype=None,
-                 max_length=None, max_gen_toks=None, threads=None, verify=True,
-                 max_batch_size=None, **unknown):
+    def __init__(
+        self,
+        checkpoint=None,
+        tokenizer=None,
+        batch_size=None,
+        device=None,
+        dtype=None,
+        max_length=None,
+        max_gen_toks=None,
+        threads=None,
+        verify=True,
+        max_batch_size=None,
+        **unknown,
+    ):
         if unknown:
-            raise UserError(f"model_args: unknown {', '.join(sorted(unknown))} for --model "
-                            "mobilemoe (known: checkpoint, tokenizer, batch_size, device, dtype, "
-                            "max_length, max_gen_toks, threads, verify)")
+            raise UserError(
+                f"model_args: unknown {', '.join(sorted(unknown))} for --model "
+                "mobilemoe (known: checkpoint, tokenizer, batch_size, device, dtype, "
+                "max_length, max_gen_toks, threads, verify)"
+            )
         if not checkpoint:
             raise UserError("model_args checkpoint=DIR is required for --model mobilemoe")
         import torch
@@ -327,13 +365,20 @@ class MobileMoELM(_TokenLM):
             torch.set_num_threads(_int_arg("threads", threads, 1))
         self.device_name = _resolve_device(device)
         self.model, self.config, tok_path = load_eval_checkpoint(
-            checkpoint, tokenizer, self.device_name, _resolve_dtype(dtype, self.device_name),
-            verify=str(verify).lower() not in ("0", "false"))
+            checkpoint,
+            tokenizer,
+            self.device_name,
+            _resolve_dtype(dtype, self.device_name),
+            verify=str(verify).lower() not in ("0", "false"),
+        )
         window = self.model.cfg.max_seq_len
-        super().__init__(tok_path, min(_int_arg("max_length", max_length, window), window),
-                         _int_arg("batch_size", batch_size, 16),
-                         _int_arg("max_gen_toks", max_gen_toks, DEFAULT_MAX_GEN_TOKS),
-                         self.model.cfg.vocab_size)
+        super().__init__(
+            tok_path,
+            min(_int_arg("max_length", max_length, window), window),
+            _int_arg("batch_size", batch_size, 16),
+            _int_arg("max_gen_toks", max_gen_toks, DEFAULT_MAX_GEN_TOKS),
+            self.model.cfg.vocab_size,
+        )
         self.checkpoint = Path(checkpoint)
 
     @property
@@ -349,20 +394,20 @@ class MobileMoELM(_TokenLM):
         # Right padding: a causal model's real positions never see the pads after them.
         x = torch.full((len(rows), T), PAD_ID, dtype=torch.long)
         for i, r in enumerate(rows):
-            x[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+            x[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         with torch.inference_mode(), hidden_states(self.model) as head:
             h = self.model(x.to(self.device_name))
-            picked = torch.cat([h[i, len(r) - n:len(r)] for i, (r, n) in enumerate(zip(rows, n_last))])
+            picked = torch.cat([h[i, len(r) - n : len(r)] for i, (r, n) in enumerate(zip(rows, n_last))])
             return list(head(picked).split(list(n_last)))
 
     def _logits_tree(self, tokens, positions, mask, pick):
         import torch
 
-        from .forward import hidden_states
+        from .forward import hidden_states, packed_forward
 
         dev = self.device_name
         with torch.inference_mode(), hidden_states(self.model) as head:
-            h = self.model(tokens.to(dev), positions=positions.to(dev), attn_mask=mask.to(dev))
+            h = packed_forward(self.model, tokens.to(dev), positions.to(dev), mask.to(dev))
             return head(h.reshape(-1, h.shape[-1]).index_select(0, pick.to(dev)))
 
     def _generate(self, prompts, budgets, should_stop) -> list[list[int]]:
@@ -375,19 +420,34 @@ class MobileMoELM(_TokenLM):
 class MobileMoEPteLM(_TokenLM):
     """An exported ``.pte`` run by the ExecuTorch runtime (``mobilemoe.export.runtime``)."""
 
-    def __init__(self, pte=None, tokenizer=None, batch_size=None, max_length=None,
-                 max_gen_toks=None, threads=None, device=None, max_batch_size=None, **unknown):
+    def __init__(
+        self,
+        pte=None,
+        tokenizer=None,
+        batch_size=None,
+        max_length=None,
+        max_gen_toks=None,
+        threads=None,
+        device=None,
+        max_batch_size=None,
+        **unknown,
+    ):
         if unknown:
-            raise UserError(f"model_args: unknown {', '.join(sorted(unknown))} for --model "
-                            "mobilemoe-pte (known: pte, tokenizer, batch_size, max_length, "
-                            "max_gen_toks, threads)")
+            raise UserError(
+                f"model_args: unknown {', '.join(sorted(unknown))} for --model "
+                "mobilemoe-pte (known: pte, tokenizer, batch_size, max_length, "
+                "max_gen_toks, threads)"
+            )
         from .loading import open_pte
 
-        self.program, tok_path, window, vocab = open_pte(pte, tokenizer,
-                                                         _int_arg("threads", threads, None))
-        super().__init__(tok_path, min(_int_arg("max_length", max_length, window), window),
-                         _int_arg("batch_size", batch_size, 16),
-                         _int_arg("max_gen_toks", max_gen_toks, DEFAULT_MAX_GEN_TOKS), vocab)
+        self.program, tok_path, window, vocab = open_pte(pte, tokenizer, _int_arg("threads", threads, None))
+        super().__init__(
+            tok_path,
+            min(_int_arg("max_length", max_length, window), window),
+            _int_arg("batch_size", batch_size, 16),
+            _int_arg("max_gen_toks", max_gen_toks, DEFAULT_MAX_GEN_TOKS),
+            vocab,
+        )
         self.pte_path = Path(pte)
 
     @property
@@ -403,5 +463,10 @@ class MobileMoEPteLM(_TokenLM):
     def _generate(self, prompts, budgets, should_stop) -> list[list[int]]:
         from .loading import pte_greedy_generate
 
-        return [pte_greedy_generate(self.program, p, n, lambda new, i=i: should_stop(i, new))
-                for i, (p, n) in enumerate(zip(prompts, budgets))]
+        def stop_for(i: int) -> Callable[[list[int]], bool]:
+            return lambda new: should_stop(i, new)
+
+        return [
+            pte_greedy_generate(self.program, p, n, stop_for(i))
+            for i, (p, n) in enumerate(zip(prompts, budgets))
+        ]

@@ -25,39 +25,41 @@ def _tokenizer_for(given: Optional[str], default: Path, owner: str) -> Path:
     return path
 
 
-def load_eval_checkpoint(checkpoint, tokenizer=None, device: str = "cpu", dtype=None,
-                         verify: bool = True):
+def load_eval_checkpoint(checkpoint, tokenizer=None, device: str = "cpu", dtype=None, verify: bool = True):
     """(model in eval mode, config.json dict, tokenizer path)."""
-    import torch
-
     from ..checkpoint import CONFIG, TOKENIZER, CheckpointError, load_checkpoint, read_config, sha256_file
 
     folder = Path(checkpoint)
     if not folder.is_dir():
-        raise CheckpointError(f"{folder}: checkpoint folder not found (--checkpoint / "
-                              "model_args checkpoint=DIR)")
+        raise CheckpointError(
+            f"{folder}: checkpoint folder not found (--checkpoint / model_args checkpoint=DIR)"
+        )
     config = read_config(folder)
     if config.get("qat"):
         try:
             from ..quant import load_for_inference
         except ImportError as e:
-            raise UserError(f"{folder}: a QAT checkpoint ({config['qat']}) is evaluated as its "
-                            f"converted model, which needs mobilemoe.quant.load_for_inference "
-                            f"({e})") from None
+            raise UserError(
+                f"{folder}: a QAT checkpoint ({config['qat']}) is evaluated as its "
+                f"converted model, which needs mobilemoe.quant.load_for_inference "
+                f"({e})"
+            ) from None
         # The converted (quantized) model keeps its own dtypes: no cast.
         model, config = load_for_inference(folder, quantized=True, device=device)
     else:
         model, config = load_checkpoint(folder, device=device, verify_files=verify)
         if dtype is not None:
             model = model.to(dtype=dtype)
-            for r in model.routers():  # routers stay fp32 (PAPER.md: router fp32)
+            for r in model.routers():  # routers stay fp32 (docs/paper.md#routing: router fp32)
                 r.float()
     tok = _tokenizer_for(tokenizer, folder / TOKENIZER, "checkpoint")
     want = config.get("tokenizer_sha256")
     if tokenizer and want and sha256_file(tok) != want:
-        raise UserError(f"{tok}: not the tokenizer checkpoint {folder} was trained with (sha256 "
-                        f"differs from tokenizer_sha256 in its {CONFIG}); drop --tokenizer to "
-                        "use the checkpoint's own")
+        raise UserError(
+            f"{tok}: not the tokenizer checkpoint {folder} was trained with (sha256 "
+            f"differs from tokenizer_sha256 in its {CONFIG}); drop --tokenizer to "
+            "use the checkpoint's own"
+        )
     return model.eval(), config, tok
 
 
@@ -72,13 +74,16 @@ def open_pte(pte, tokenizer=None, threads: Optional[int] = None):
     try:
         from ..export.runtime import PteModel
     except ImportError as e:
-        raise UserError(f"scoring {path} needs the ExecuTorch runtime wrapper "
-                        f"mobilemoe.export.runtime ({e})") from None
+        raise UserError(
+            f"scoring {path} needs the ExecuTorch runtime wrapper mobilemoe.export.runtime ({e})"
+        ) from None
     want = program_report(path).get("tokenizer_sha256")
     if tokenizer and want and _sha256(tok) != want:
-        raise UserError(f"{tok}: not the tokenizer {path.name} was exported with (sha256 differs "
-                        f"from tokenizer_sha256 in export_report.json); drop --tokenizer to use "
-                        "the one beside the program")
+        raise UserError(
+            f"{tok}: not the tokenizer {path.name} was exported with (sha256 differs "
+            f"from tokenizer_sha256 in export_report.json); drop --tokenizer to use "
+            "the one beside the program"
+        )
     program = PteModel(path, tok, threads=threads)
     # PteModel.logits feeds a sequence in calls of max_seq_len tokens into a KV cache of
     # max_context_len slots: the window a request may fill is the cache.
@@ -103,8 +108,9 @@ def _sha256(path: Path) -> str:
     return sha256_file(path)
 
 
-def pte_greedy_generate(program, prompt: list[int], max_new: int,
-                        should_stop: Callable[[list[int]], bool]) -> list[int]:
+def pte_greedy_generate(
+    program, prompt: list[int], max_new: int, should_stop: Callable[[list[int]], bool]
+) -> list[int]:
     """Greedy continuation of one prompt with the program's own KV cache: the prompt in
     one ``logits`` call, then one ``forward`` call per new token at the next position
     (``PteModel.generate`` without its stop-string blind spot: we check every token)."""

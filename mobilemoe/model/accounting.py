@@ -3,7 +3,7 @@
 Counts come from the model built on the meta device (shapes only, no weight memory),
 so they are the model's own ``numel`` sums, not a separate formula that could drift.
 
-Conventions (PAPER.md, claim 1: memory = INT4 bytes of ALL parameters, compute = FLOPs
+Conventions (docs/paper.md#budgets-and-scaling-law: memory = INT4 bytes of ALL parameters, compute = FLOPs
 of the ACTIVE parameters):
 
 * active params: all params minus the routed experts a token does not use
@@ -13,7 +13,7 @@ of the ACTIVE parameters):
   LM head), plus attention scores and values at ``context`` keys
   (2 * 2 * heads * head_dim * keys per layer; local layers see min(context, window)).
   The embedding lookup is not a matmul and is not counted.
-* INT4 weight bytes (the deployment format, PAPER.md "QAT format"): symmetric int4,
+* INT4 weight bytes (the deployment format, docs/paper.md#qat-and-int4-format): symmetric int4,
   group 32 along the input dim, one fp16 scale per group: 0.5 B/weight + 2 B/32 weights,
   for every linear, expert and the embedding (tied embeddings stored once); router
   weights stay fp32 (4 B); norm weights fp16 (2 B).
@@ -28,10 +28,10 @@ from dataclasses import asdict, dataclass
 
 from ..config.model import ModelConfig
 
-INT4_GROUP = 32  # PAPER.md "QAT format": group size 32
+INT4_GROUP = 32  # docs/paper.md#qat-and-int4-format: group size 32
 INT4_BYTES = 0.5
-SCALE_BYTES = 2  # fp16 scale per group (PAPER.md)
-ROUTER_BYTES = 4  # router kept fp32 (PAPER.md)
+SCALE_BYTES = 2  # fp16 scale per group (docs/paper.md#qat-and-int4-format)
+ROUTER_BYTES = 4  # router kept fp32 (docs/paper.md#qat-and-int4-format)
 NORM_BYTES = 2  # our choice: norms stored fp16 beside the INT4 weights
 BF16_BYTES = 2
 GIB = 2**30
@@ -65,7 +65,7 @@ def _int4_bytes(rows: int, cols: int) -> int:
 def account(cfg: ModelConfig, context: int | None = None) -> Accounting:
     import torch  # noqa: F401  (keep `mobilemoe.config` importable without torch)
 
-    from .moe import Router, RoutedExperts
+    from .moe import RoutedExperts, Router
     from .transformer import RMSNorm, build_model
 
     context = context or cfg.max_seq_len
@@ -75,20 +75,23 @@ def account(cfg: ModelConfig, context: int | None = None) -> Accounting:
     inactive = 0
     for experts in model.routed_experts():
         per_expert = (experts.w13.numel() + experts.w2.numel()) // experts.n_experts
-        inactive += (experts.n_experts - cfg.moe.top_k) * per_expert
+        top_k = cfg.moe.top_k if cfg.moe is not None else experts.n_experts
+        inactive += (experts.n_experts - top_k) * per_expert
     active = total - inactive
     embedding = model.tok_embeddings.weight.numel()
 
     # matmul params a token passes through: active minus embedding lookup and norms,
     # plus the LM head (tied or not, it is a d_model x vocab matmul per token).
-    norm_params = sum(p.numel() for m in model.modules() if isinstance(m, RMSNorm)
-                      for p in m.parameters(recurse=False))
+    norm_params = sum(
+        p.numel() for m in model.modules() if isinstance(m, RMSNorm) for p in m.parameters(recurse=False)
+    )
     head = cfg.vocab_size * cfg.d_model
     matmul_active = active - embedding - norm_params + (head if cfg.tie_embeddings else 0)
     hd = cfg.resolved_head_dim
     attn = 0
     for layer in range(cfg.n_layers):
-        keys = min(context, cfg.sliding_window) if cfg.is_local_layer(layer) else context
+        window = cfg.sliding_window if cfg.is_local_layer(layer) else None
+        keys = min(context, window) if window is not None else context
         attn += 2 * 2 * cfg.n_heads * hd * keys
     flops = 2 * matmul_active + attn
 
@@ -112,9 +115,15 @@ def account(cfg: ModelConfig, context: int | None = None) -> Accounting:
 
     kv = 2 * cfg.n_layers * cfg.n_kv_heads * hd * BF16_BYTES
     return Accounting(
-        name=cfg.name, total_params=total, active_params=active, embedding_params=embedding,
-        flops_per_token=int(flops), context=context, int4_weight_bytes=int(int4),
-        bf16_weight_bytes=total * BF16_BYTES, kv_cache_bytes_per_token=kv,
+        name=cfg.name,
+        total_params=total,
+        active_params=active,
+        embedding_params=embedding,
+        flops_per_token=int(flops),
+        context=context,
+        int4_weight_bytes=int(int4),
+        bf16_weight_bytes=total * BF16_BYTES,
+        kv_cache_bytes_per_token=kv,
     )
 
 
@@ -141,7 +150,7 @@ def decode_bytes(cfg: ModelConfig, kv_slots: int, kv_dtype_bytes: int = 4) -> De
     import torch  # noqa: F401
     from torch import nn
 
-    from .moe import Router, RoutedExperts
+    from .moe import RoutedExperts, Router
     from .transformer import RMSNorm, build_model
 
     model = build_model(cfg, device="meta")
@@ -152,13 +161,15 @@ def decode_bytes(cfg: ModelConfig, kv_slots: int, kv_dtype_bytes: int = 4) -> De
         elif isinstance(module, RMSNorm):
             read += sum(p.numel() for p in module.parameters(recurse=False)) * NORM_BYTES
         elif isinstance(module, RoutedExperts):
+            top_k = cfg.moe.top_k if cfg.moe is not None else module.n_experts
             for p in (module.w13, module.w2):
                 _, rows, cols = p.shape
-                read += cfg.moe.top_k * _int4_bytes(rows, cols)
+                read += top_k * _int4_bytes(rows, cols)
         elif isinstance(module, nn.Embedding):
             read += _int4_bytes(1, module.embedding_dim)  # one row
         elif isinstance(module, nn.Linear):  # the LM head too, tied or not
             read += _int4_bytes(*module.weight.shape)
     kv = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.resolved_head_dim * kv_slots * kv_dtype_bytes
-    return DecodeBytes(active_weight_bytes=int(read),
-                       total_weight_bytes=account(cfg).int4_weight_bytes, kv_bytes=int(kv))
+    return DecodeBytes(
+        active_weight_bytes=int(read), total_weight_bytes=account(cfg).int4_weight_bytes, kv_bytes=int(kv)
+    )

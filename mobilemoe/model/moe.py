@@ -6,7 +6,7 @@ Two routers (``model.moe.router``):
   on s + b where b is a per-expert ``expert_bias`` buffer that only affects *which*
   experts are picked; the weights are the picked s, renormalised and scaled by
   ``route_scale``. After each optimizer step b_e += u * sign(mean_load - load_e)
-  (auxiliary-loss-free balancing; PAPER.md). Computed in fp32.
+  (auxiliary-loss-free balancing; docs/paper.md#routing). Computed in fp32.
 * ``softmax`` (OLMoE): p = softmax(x W_r^T); top-k on p; load-balancing loss
   E * sum_e f_e P_e and router z-loss mean(logsumexp(logits)^2) with their weights.
 
@@ -29,7 +29,7 @@ Shape suffixes follow torchtitan: T tokens, D model dim, E experts, K top-k, H h
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -46,8 +46,9 @@ class Routing:
     logits_TE: torch.Tensor  # fp32 router logits
 
 
-def route(logits_TE: torch.Tensor, expert_bias: Optional[torch.Tensor], cfg: MoEConfig
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def route(
+    logits_TE: torch.Tensor, expert_bias: Optional[torch.Tensor], cfg: MoEConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(topk_idx_TK, topk_weight_TK, scores_TE)`` from fp32 router logits.
 
     sigmoid: scores = sigmoid(logits), chosen by top-k of scores + ``expert_bias`` (the bias
@@ -69,17 +70,21 @@ def route(logits_TE: torch.Tensor, expert_bias: Optional[torch.Tensor], cfg: MoE
 
 
 class Router(nn.Module):
+    expert_bias: torch.Tensor  # buffers, typed for the checker (nn.Module.__getattr__ is not)
+    load_accum: torch.Tensor
+
     def __init__(self, d_model: int, cfg: MoEConfig):
         super().__init__()
         self.cfg = cfg
         self.n_experts = cfg.n_routed_experts
-        # Kept in fp32 whatever the model dtype (PAPER.md: router fp32).
+        # Kept in fp32 whatever the model dtype (docs/paper.md#routing: router fp32).
         self.weight = nn.Parameter(torch.empty(cfg.n_routed_experts, d_model, dtype=torch.float32))
         # Only used to pick experts; updated outside autograd (see update_bias).
         self.register_buffer("expert_bias", torch.zeros(cfg.n_routed_experts, dtype=torch.float32))
         # Tokens routed to each expert since the last bias update (not saved).
-        self.register_buffer("load_accum", torch.zeros(cfg.n_routed_experts, dtype=torch.float32),
-                             persistent=False)
+        self.register_buffer(
+            "load_accum", torch.zeros(cfg.n_routed_experts, dtype=torch.float32), persistent=False
+        )
         self.aux_loss: Optional[torch.Tensor] = None
         self.last_load: Optional[torch.Tensor] = None
 
@@ -121,7 +126,7 @@ class Router(nn.Module):
         self.aux_loss = aux
 
     @torch.no_grad()
-    def update_bias(self) -> Optional[torch.Tensor]:
+    def update_bias(self) -> torch.Tensor:
         """One balancing step on the load seen since the last call; returns that load.
 
         The load is summed over data-parallel ranks first, so every rank applies the
@@ -146,7 +151,7 @@ class RoutedExperts(nn.Module):
         self.w2 = nn.Parameter(torch.empty(n_experts, d_model, hidden))  # down
         # Optional fake quantization (QAT): ``.weight(w)`` on w13 / w2 and ``.act(x)`` on
         # each expert input row (mobilemoe.quant.experts.ExpertFakeQuant).
-        self.fake_quant: Optional[nn.Module] = None
+        self.fake_quant: Optional[Any] = None
 
     def forward(self, x_TD: torch.Tensor, routing: Routing) -> torch.Tensor:
         T, D = x_TD.shape

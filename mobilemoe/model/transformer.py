@@ -6,20 +6,25 @@ cache); after ``setup_cache(batch, max_len)``, ``model(tokens, input_pos)`` writ
 at ``input_pos`` and attends over the cache (prefill and decode alike), which is the
 form ``torch.export`` and ExecuTorch's LLM runner use. ``model(tokens, positions=P,
 attn_mask=M)`` runs packed sequences (several sequences, or a prefix tree of them, in one
-row; per-token RoPE positions and an explicit mask), which evaluation uses.
+row; per-token RoPE positions and one boolean mask, True = may attend); evaluation builds
+those rows and may pass its own attention function for them (``attend``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Callable, Optional, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config.model import ModelConfig, RopeScaling
-from .moe import MoEFeedForward, Router, RoutedExperts, SwiGLU
+from .moe import MoEFeedForward, RoutedExperts, Router, SwiGLU
+
+# How an explicit mask is applied: (q, k, v, attn_mask=additive mask, **sdpa options) ->
+# out, with the signature of torch's scaled_dot_product_attention (the default).
+AttendFn = Callable[..., torch.Tensor]
 
 
 class RMSNorm(nn.Module):
@@ -45,7 +50,8 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: Optional[RopeScaling]) -
     high_wavelen = scaling.original_context / scaling.high_freq_factor
     wavelen = 2 * math.pi / inv_freq
     smooth = (scaling.original_context / wavelen - scaling.low_freq_factor) / (
-        scaling.high_freq_factor - scaling.low_freq_factor)
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
     blended = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
     out = torch.where(wavelen > low_wavelen, inv_freq / scaling.factor, blended)
     out = torch.where(wavelen < high_wavelen, inv_freq, out)
@@ -60,6 +66,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
+    k_cache: Optional[torch.Tensor]  # buffers, typed for the checker
+    v_cache: Optional[torch.Tensor]
+
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.n_heads, self.n_kv_heads = cfg.n_heads, cfg.n_kv_heads
@@ -81,17 +90,25 @@ class Attention(nn.Module):
         self.k_cache = torch.zeros(shape, dtype=dtype, device=device)
         self.v_cache = torch.zeros(shape, dtype=dtype, device=device)
 
-    def forward(self, x, cos, sin, input_pos: Optional[torch.Tensor], mask: Optional[torch.Tensor]):
+    def forward(
+        self,
+        x,
+        cos,
+        sin,
+        input_pos: Optional[torch.Tensor],
+        mask: Optional[torch.Tensor],
+        attend: Optional[AttendFn] = None,
+    ):
         B, T, _ = x.shape
         hd = self.head_dim
         q = self.wq(x).view(B, T, self.n_heads, hd).transpose(1, 2)
         k = self.wk(x).view(B, T, self.n_kv_heads, hd).transpose(1, 2)
         v = self.wv(x).view(B, T, self.n_kv_heads, hd).transpose(1, 2)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if input_pos is not None:
-            if self.k_cache is None:
+            if self.k_cache is None or self.v_cache is None:
                 raise RuntimeError("input_pos given but no KV cache: call model.setup_cache() first")
             # Static cache: write this chunk's K/V at its positions, attend over all slots;
             # the mask hides slots beyond each query's position (never read unwritten ones).
@@ -99,7 +116,7 @@ class Attention(nn.Module):
             self.v_cache.index_copy_(2, input_pos, v.to(self.v_cache.dtype))
             k, v = self.k_cache.to(q.dtype), self.v_cache.to(q.dtype)
         rep = self.n_heads // self.n_kv_heads
-        gqa = {}
+        gqa: dict[str, Any] = {}
         if rep > 1 and (torch.is_grad_enabled() or torch.compiler.is_exporting()):
             # Training and the exported graph keep explicit K/V heads: the backward (and so
             # the trained weights) and what ExecuTorch's lowering sees stay as measured.
@@ -109,12 +126,8 @@ class Attention(nn.Module):
             gqa = {"enable_gqa": True}  # inference: same result, no K/V copies per query head
         if mask is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, **gqa)
-        elif isinstance(mask, list):  # packed rows, lower-triangular: see MobileMoE._packed_masks
-            out = torch.cat([F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, :b], v[:, :, :b],
-                                                            attn_mask=m, **gqa)
-                             for a, b, m in mask], dim=2)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **gqa)
+            out = (attend or F.scaled_dot_product_attention)(q, k, v, attn_mask=mask, **gqa)
         return self.wo(out.transpose(1, 2).reshape(B, T, self.n_heads * hd))
 
 
@@ -124,20 +137,20 @@ class Block(nn.Module):
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = Attention(cfg, layer)
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.ffn = (MoEFeedForward(cfg.d_model, cfg.moe) if cfg.is_moe_layer(layer)
-                    else SwiGLU(cfg.d_model, cfg.ffn_hidden))
+        self.ffn: nn.Module
+        if cfg.moe is not None and cfg.is_moe_layer(layer):
+            self.ffn = MoEFeedForward(cfg.d_model, cfg.moe)
+        else:
+            self.ffn = SwiGLU(cfg.d_model, cfg.ffn_hidden)
 
-    def forward(self, x, cos, sin, input_pos, mask):
-        x = x + self.attn(self.attn_norm(x), cos, sin, input_pos, mask)
+    def forward(self, x, cos, sin, input_pos, mask, attend: Optional[AttendFn] = None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, input_pos, mask, attend)
         return x + self.ffn(self.ffn_norm(x))
 
 
-# Query block of packed rows with lower-triangular masks (our choice: 64 keeps the number
-# of SDPA calls small and skips ~40% of a 256-token row's attention; measured on CPU).
-PACKED_QUERY_BLOCK = 64
-
-
 class MobileMoE(nn.Module):
+    inv_freq: torch.Tensor  # a buffer, typed for the checker
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -169,20 +182,24 @@ class MobileMoE(nn.Module):
         for m in self.modules():
             if isinstance(m, Router):
                 m.expert_bias.zero_()
-        self.inv_freq.copy_(rope_inv_freq(self.cfg.resolved_head_dim, self.cfg.rope_theta,
-                                          self.cfg.rope_scaling))
+        self.inv_freq.copy_(
+            rope_inv_freq(self.cfg.resolved_head_dim, self.cfg.rope_theta, self.cfg.rope_scaling)
+        )
 
     # -- cache ----------------------------------------------------------------------------
+    def blocks(self) -> list[Block]:
+        return cast(list[Block], list(self.layers))
+
     def setup_cache(self, batch: int = 1, max_len: Optional[int] = None, dtype=None) -> None:
         max_len = max_len or self.cfg.max_seq_len
         p = self.tok_embeddings.weight
-        for layer in self.layers:
+        for layer in self.blocks():
             layer.attn.setup_cache(batch, max_len, dtype or torch.float32, p.device)
         self.cache_len = max_len
 
     def reset_cache(self) -> None:
-        for layer in self.layers:
-            if layer.attn.k_cache is not None:
+        for layer in self.blocks():
+            if layer.attn.k_cache is not None and layer.attn.v_cache is not None:
                 layer.attn.k_cache.zero_()
                 layer.attn.v_cache.zero_()
 
@@ -204,8 +221,9 @@ class MobileMoE(nn.Module):
             causal = (causal.unsqueeze(0) & key_valid.unsqueeze(1)) | own  # (B, T, S)
             causal = causal.unsqueeze(1)  # (B, 1, T, S)
         local = None
-        if self.has_local_layers:
-            near = (q_pos.unsqueeze(1) - k_pos.unsqueeze(0)) < self.cfg.sliding_window
+        window = self.cfg.sliding_window
+        if self.has_local_layers and window is not None:
+            near = (q_pos.unsqueeze(1) - k_pos.unsqueeze(0)) < window
             local = causal & near
         return causal, local
 
@@ -213,37 +231,36 @@ class MobileMoE(nn.Module):
         """Masks of packed rows for each kind of layer: ``attn_mask`` as given (it must hide
         the future and other sequences), and for sliding-window layers also keys >= window
         behind. Additive float masks, built once per forward (SDPA converts a boolean mask
-        on every call). When nothing lies above the diagonal (prefix trees packed in order,
-        as evaluation does), a mask is a list of query blocks (a, b, mask[..., a:b, :b]):
-        block [a, b) skips keys >= b, ~0.6x the attention work of a 256-token row."""
+        on every call)."""
         if attn_mask.shape != (*positions.shape, positions.shape[1]):
-            raise ValueError(f"attn_mask {tuple(attn_mask.shape)} must be (B, T, T) for "
-                             f"positions {tuple(positions.shape)}")
-        T = positions.shape[1]
+            raise ValueError(
+                f"attn_mask {tuple(attn_mask.shape)} must be (B, T, T) for positions {tuple(positions.shape)}"
+            )
         full = attn_mask.unsqueeze(1)
         local = None
-        if self.has_local_layers:
-            near = (positions.unsqueeze(2) - positions.unsqueeze(1)) < self.cfg.sliding_window
+        window = self.cfg.sliding_window
+        if self.has_local_layers and window is not None:
+            near = (positions.unsqueeze(2) - positions.unsqueeze(1)) < window
             local = full & near.unsqueeze(1)
-        blocked = not attn_mask.triu(1).any()
 
-        def prepare(m):
+        def additive(m):
             if m is None:
                 return None
-            add = torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(~m, float("-inf"))
-            if not blocked:
-                return add
-            step = PACKED_QUERY_BLOCK
-            return [(a, min(a + step, T), add[:, :, a:a + step, :min(a + step, T)])
-                    for a in range(0, T, step)]
+            return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(~m, float("-inf"))
 
-        return prepare(full), prepare(local)
+        return additive(full), additive(local)
 
     # -- forward --------------------------------------------------------------------------
-    def forward(self, tokens: torch.Tensor, input_pos: Optional[torch.Tensor] = None,
-                key_valid: Optional[torch.Tensor] = None, *,
-                positions: Optional[torch.Tensor] = None,
-                attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        input_pos: Optional[torch.Tensor] = None,
+        key_valid: Optional[torch.Tensor] = None,
+        *,
+        positions: Optional[torch.Tensor] = None,
+        attn_mask: Optional[torch.Tensor] = None,
+        attend: Optional[AttendFn] = None,
+    ) -> torch.Tensor:
         """Logits (B, T, vocab).
 
         tokens: (B, T) ids. input_pos: (T,) positions of these tokens; given = use the KV
@@ -251,13 +268,17 @@ class MobileMoE(nn.Module):
         cache, the cache length with one). Packed rows instead (no cache): positions (B, T)
         the RoPE position of every token and attn_mask (B, T, T) bool, True where query t
         may attend to key s (each token's own sequence or prefix-tree ancestors, itself
-        included, so no row is fully masked).
+        included, so no row is fully masked). attend: optional replacement for SDPA on
+        packed rows, called per layer as ``attend(q, k, v, attn_mask=additive, **kw)``
+        (evaluation's query-block attention, ``mobilemoe.eval.forward``).
         """
         B, T = tokens.shape
         if (positions is None) != (attn_mask is None):
             raise ValueError("packed rows need both positions and attn_mask")
+        if attend is not None and positions is None:
+            raise ValueError("attend applies to packed rows (positions, attn_mask) only")
         h = self.tok_embeddings(tokens)
-        if positions is not None:
+        if positions is not None and attn_mask is not None:
             if input_pos is not None or key_valid is not None:
                 raise ValueError("packed rows (positions, attn_mask) run without the KV cache")
             freqs = positions.float().unsqueeze(-1) * self.inv_freq  # (B, T, hd/2)
@@ -268,9 +289,9 @@ class MobileMoE(nn.Module):
             freqs = pos.float().unsqueeze(1) * self.inv_freq.unsqueeze(0)
             cos, sin = freqs.cos(), freqs.sin()
             full, local = self._masks(T, input_pos, key_valid, tokens.device)
-        for layer in self.layers:
+        for layer in self.blocks():
             mask = local if layer.attn.window is not None else full
-            h = layer(h, cos, sin, input_pos, mask)
+            h = layer(h, cos, sin, input_pos, mask, attend)
         return self.output(self.norm(h))
 
     # -- MoE helpers ----------------------------------------------------------------------
@@ -280,7 +301,7 @@ class MobileMoE(nn.Module):
     def aux_loss(self) -> Optional[torch.Tensor]:
         """Sum of the routers' auxiliary losses from the last training forward (OLMoE)."""
         losses = [r.aux_loss for r in self.routers() if r.aux_loss is not None]
-        return sum(losses) if losses else None
+        return cast(torch.Tensor, sum(losses)) if losses else None
 
     @torch.no_grad()
     def update_router_biases(self) -> list[torch.Tensor]:

@@ -10,9 +10,26 @@ routed experts' fake quantization.
 """
 
 from .load import checkpoint_qat_spec, load_for_inference
-from .qat import (QATSpec, QuantizationError, convert_qat, embedding_config, is_qat_prepared,
-                  linear_config, prepare_qat, qat_spec)
+from .qat import (
+    QATSpec,
+    QuantizationError,
+    convert_qat,
+    embedding_config,
+    is_qat_prepared,
+    linear_config,
+    prepare_qat,
+    qat_spec,
+)
 
-__all__ = ["prepare_qat", "convert_qat", "load_for_inference", "checkpoint_qat_spec",
-           "is_qat_prepared", "QATSpec", "qat_spec", "QuantizationError", "linear_config",
-           "embedding_config"]
+__all__ = [
+    "prepare_qat",
+    "convert_qat",
+    "load_for_inference",
+    "checkpoint_qat_spec",
+    "is_qat_prepared",
+    "QATSpec",
+    "qat_spec",
+    "QuantizationError",
+    "linear_config",
+    "embedding_config",
+]

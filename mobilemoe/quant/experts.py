@@ -46,8 +46,10 @@ class ExpertFakeQuant(nn.Module):
 def kernel_shape_problem(d_model: int, hidden: int) -> str | None:
     """Why the INT4 kernel cannot hold experts of these widths, or None."""
     if d_model % KERNEL_GROUP or hidden % KERNEL_GROUP:
-        return (f"d_model {d_model} and expert hidden {hidden} must be multiples of "
-                f"{KERNEL_GROUP} (the MoE kernel's INT4 group)")
+        return (
+            f"d_model {d_model} and expert hidden {hidden} must be multiples of "
+            f"{KERNEL_GROUP} (the MoE kernel's INT4 group)"
+        )
     return None
 
 
@@ -76,8 +78,9 @@ class QuantizedExperts(nn.Module):
         return tuple(getattr(self, n) for n in self.BUFFERS)
 
     def forward(self, x_TD: torch.Tensor, routing) -> torch.Tensor:
-        y = torch.ops.mmoe.moe_ffn_8da4w(x_TD.float(), routing.topk_idx_TK,
-                                         routing.topk_weight_TK.float(), *self.packed())
+        y = torch.ops.mmoe.moe_ffn_8da4w(
+            x_TD.float(), routing.topk_idx_TK, routing.topk_weight_TK.float(), *self.packed()
+        )
         return y.to(x_TD.dtype)
 
     def weight_bytes(self) -> int:

@@ -32,8 +32,7 @@ def checkpoint_qat_spec(config: dict, source: str = "checkpoint") -> Optional[QA
         raise CheckpointError(str(e)) from None
 
 
-def load_for_inference(checkpoint_dir: str | os.PathLike, quantized: bool = True,
-                       device: str = "cpu"):
+def load_for_inference(checkpoint_dir: str | os.PathLike, quantized: bool = True, device: str = "cpu"):
     """``(model, config_dict)`` in eval mode.
 
     QAT checkpoint and ``quantized``: the converted model (packed INT4 experts, INT8 activations).

@@ -4,7 +4,7 @@
     ...                                        # float weights move, forward sees INT4/INT8
     model = convert_qat(model, params.qat)     # packed INT4 experts + torchao-quantized linears
 
-The format (PAPER.md, "QAT format"): symmetric INT4 weights in [-8, 7] with one scale per
+The format (docs/paper.md#qat-and-int4-format): symmetric INT4 weights in [-8, 7] with one scale per
 group of 32 along the input dim, INT8 dynamic per-token asymmetric activations (the
 XNNPACK CPU scheme of the MobileLLM family); the embedding INT4 g32 weight-only; router,
 norms and ``expert_bias`` stay float (the router is an ``F.linear`` on a parameter, not an
@@ -50,12 +50,15 @@ class QATSpec:
     """The format a QAT checkpoint was trained for (config.json ``qat``)."""
 
     scheme: str = "8da4w"
-    group_size: int = 32  # PAPER.md: group size 32
-    quantize_embedding: bool = True  # PAPER.md: embedding also INT4 g32
+    group_size: int = 32  # docs/paper.md#qat-and-int4-format: group size 32
+    quantize_embedding: bool = True  # docs/paper.md#qat-and-int4-format: embedding also INT4 g32
 
     def to_dict(self) -> dict:
-        return {"scheme": self.scheme, "group_size": self.group_size,
-                "quantize_embedding": self.quantize_embedding}
+        return {
+            "scheme": self.scheme,
+            "group_size": self.group_size,
+            "quantize_embedding": self.quantize_embedding,
+        }
 
 
 def qat_spec(cfg: Any, where: str = "qat") -> QATSpec:
@@ -65,23 +68,28 @@ def qat_spec(cfg: Any, where: str = "qat") -> QATSpec:
     elif isinstance(cfg, Mapping):
         unknown = sorted(set(cfg) - {"scheme", "group_size", "quantize_embedding"})
         if unknown:
-            raise QuantizationError(f"{where}.{unknown[0]}: unknown key (known: scheme, "
-                                    "group_size, quantize_embedding)")
+            raise QuantizationError(
+                f"{where}.{unknown[0]}: unknown key (known: scheme, group_size, quantize_embedding)"
+            )
         spec = QATSpec(**{k: cfg[k] for k in ("scheme", "group_size", "quantize_embedding") if k in cfg})
     else:
         try:
             spec = QATSpec(cfg.scheme, cfg.group_size, cfg.quantize_embedding)
         except AttributeError:
-            raise QuantizationError(f"{where}: expected the qat section (scheme, group_size, "
-                                    f"quantize_embedding), got {type(cfg).__name__}") from None
+            raise QuantizationError(
+                f"{where}: expected the qat section (scheme, group_size, "
+                f"quantize_embedding), got {type(cfg).__name__}"
+            ) from None
     if spec.scheme not in SCHEMES:
-        raise QuantizationError(f"{where}.scheme: {spec.scheme!r} is not supported "
-                                f"(supported: {', '.join(SCHEMES)})")
+        raise QuantizationError(
+            f"{where}.scheme: {spec.scheme!r} is not supported (supported: {', '.join(SCHEMES)})"
+        )
     if not isinstance(spec.group_size, int) or isinstance(spec.group_size, bool) or spec.group_size <= 0:
         raise QuantizationError(f"{where}.group_size: must be a positive integer, got {spec.group_size!r}")
     if not isinstance(spec.quantize_embedding, bool):
-        raise QuantizationError(f"{where}.quantize_embedding: must be true or false, got "
-                                f"{spec.quantize_embedding!r}")
+        raise QuantizationError(
+            f"{where}.quantize_embedding: must be true or false, got {spec.quantize_embedding!r}"
+        )
     return spec
 
 
@@ -90,15 +98,18 @@ def linear_config(spec: QATSpec):
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig
     from torchao.quantization.granularity import PerGroup
 
-    return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
-                                                 weight_granularity=PerGroup(spec.group_size))
+    int4 = torch.int4  # type: ignore[attr-defined]  # torch's stubs lack the sub-byte dtypes
+    return Int8DynamicActivationIntxWeightConfig(
+        weight_dtype=int4, weight_granularity=PerGroup(spec.group_size)
+    )
 
 
 def embedding_config(spec: QATSpec):
     from torchao.quantization import IntxWeightOnlyConfig
     from torchao.quantization.granularity import PerGroup
 
-    return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(spec.group_size))
+    int4 = torch.int4  # type: ignore[attr-defined]  # torch's stubs lack the sub-byte dtypes
+    return IntxWeightOnlyConfig(weight_dtype=int4, granularity=PerGroup(spec.group_size))
 
 
 def _is_linear(m: nn.Module, _fqn: str = "") -> bool:
@@ -116,27 +127,34 @@ def check_group_size(model: nn.Module, spec: QATSpec) -> None:
     g = spec.group_size
     for name, m in model.named_modules():
         if isinstance(m, nn.Linear) and m.in_features % g:
-            raise QuantizationError(f"{name}: input width {m.in_features} is not a multiple of "
-                                    f"qat.group_size={g}; choose a group size that divides it")
+            raise QuantizationError(
+                f"{name}: input width {m.in_features} is not a multiple of "
+                f"qat.group_size={g}; choose a group size that divides it"
+            )
         if isinstance(m, nn.Embedding) and spec.quantize_embedding and m.embedding_dim % g:
-            raise QuantizationError(f"{name}: embedding width {m.embedding_dim} is not a multiple "
-                                    f"of qat.group_size={g}")
+            raise QuantizationError(
+                f"{name}: embedding width {m.embedding_dim} is not a multiple of qat.group_size={g}"
+            )
         if isinstance(m, RoutedExperts):
             _, H2, D = m.w13.shape
             if g != KERNEL_GROUP:
-                raise QuantizationError(f"{name}: qat.group_size={g}, but the MoE kernel's INT4 "
-                                        f"experts use groups of {KERNEL_GROUP}; set qat.group_size: "
-                                        f"{KERNEL_GROUP}")
+                raise QuantizationError(
+                    f"{name}: qat.group_size={g}, but the MoE kernel's INT4 "
+                    f"experts use groups of {KERNEL_GROUP}; set qat.group_size: "
+                    f"{KERNEL_GROUP}"
+                )
             if (problem := kernel_shape_problem(D, H2 // 2)) is not None:
-                raise QuantizationError(f"{name}: {problem}; choose model.d_model and "
-                                        "model.moe.expert_hidden accordingly")
+                raise QuantizationError(
+                    f"{name}: {problem}; choose model.d_model and model.moe.expert_hidden accordingly"
+                )
 
 
 def is_qat_prepared(model: nn.Module) -> bool:
     from torchao.quantization.qat import FakeQuantizedEmbedding, FakeQuantizedLinear
 
-    return any(isinstance(m, (FakeQuantizedLinear, FakeQuantizedEmbedding, ExpertFakeQuant))
-               for m in model.modules())
+    return any(
+        isinstance(m, (FakeQuantizedLinear, FakeQuantizedEmbedding, ExpertFakeQuant)) for m in model.modules()
+    )
 
 
 def prepare_qat(model: nn.Module, qat_cfg: Any) -> nn.Module:
@@ -160,7 +178,7 @@ def prepare_qat(model: nn.Module, qat_cfg: Any) -> nn.Module:
     for experts in model.modules():
         if isinstance(experts, RoutedExperts):
             experts.fake_quant = ExpertFakeQuant()
-    if tied and model.output.weight is not model.tok_embeddings.weight:  # torchao keeps it; check
+    if tied and not _tied(model):  # torchao keeps the tie; check
         raise RuntimeError("fake quantization untied the embedding from the LM head")
     return model
 
@@ -186,11 +204,15 @@ def convert_qat(model: nn.Module, qat_cfg: Any) -> nn.Module:
             m.experts = QuantizedExperts(m.experts.w13, m.experts.w2)
     lin, emb = linear_config(spec), embedding_config(spec)
     # Fake-quantized modules: torchao's convert (swap back, then apply the base config).
-    quantize_(model, QATConfig(lin, step="convert"),
-              filter_fn=lambda m, fqn: isinstance(m, FakeQuantizedLinear))
+    quantize_(
+        model, QATConfig(lin, step="convert"), filter_fn=lambda m, fqn: isinstance(m, FakeQuantizedLinear)
+    )
     if spec.quantize_embedding:
-        quantize_(model, QATConfig(emb, step="convert"),
-                  filter_fn=lambda m, fqn: isinstance(m, FakeQuantizedEmbedding))
+        quantize_(
+            model,
+            QATConfig(emb, step="convert"),
+            filter_fn=lambda m, fqn: isinstance(m, FakeQuantizedEmbedding),
+        )
     return model
 
 

@@ -10,6 +10,14 @@ metrics sink needs no base class):
     on_eval(step, metrics)           {"val_loss": ...} after a validation pass
     on_checkpoint(step, path)        a checkpoint was written
     on_train_end(trainer)            after the last step (not called when training fails)
+    on_error(exc)                    training failed with ``exc`` (it propagates afterwards)
+    close()                          the run is over, whatever happened: flush, release
+
+``on_error`` and ``close`` are always called (the trainer runs its loop in try/finally;
+``run_stage`` closes the callbacks of the paths that train nothing: a finished stage, a
+torchrun launch, bad input), so a sink can flush the rows of a diverged run. An error
+raised by ``on_error`` or by ``close`` after a failure is reported as a warning, never in
+place of the failure itself.
 
 Order matters and is the list order: validation runs before checkpointing at the same
 step, so the checkpoint's history holds that step's validation loss.
@@ -19,12 +27,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
+from ..io import write_text_atomic
 from .speed import PeakFlops
 
 
@@ -38,6 +47,33 @@ class Callback:
     def on_eval(self, step: int, metrics: dict) -> None: ...
     def on_checkpoint(self, step: int, path: Path) -> None: ...
     def on_train_end(self, trainer) -> None: ...
+    def on_error(self, exc: BaseException) -> None: ...
+    def close(self) -> None: ...
+
+
+def finish_callbacks(callbacks: Sequence, exc: Optional[BaseException] = None) -> None:
+    """End the callbacks' run: ``on_error(exc)`` (when it failed), then ``close()``, for
+    every callback even if one of them raises. After a failure their own errors become
+    warnings (the failure matters more); after a success the first one is raised."""
+    first: Optional[BaseException] = None
+    hooks = (("on_error", (exc,)), ("close", ())) if exc is not None else (("close", ()),)
+    for cb in callbacks:
+        for hook, args in hooks:
+            fn = getattr(cb, hook, None)
+            if fn is None:
+                continue
+            try:
+                fn(*args)
+            except Exception as e:  # noqa: BLE001 - reported below, the others still run
+                if exc is not None:
+                    warnings.warn(
+                        f"{type(cb).__name__}.{hook} failed while handling {type(exc).__name__}: {e}",
+                        stacklevel=2,
+                    )
+                elif first is None:
+                    first = e
+    if first is not None:
+        raise first
 
 
 class Validation(Callback):
@@ -63,8 +99,9 @@ class SpeedMonitor(Callback):
     numbers describe training steps. Reported at log steps only: no per-step host syncs.
     """
 
-    def __init__(self, train_flops_per_token: int, peak: PeakFlops,
-                 remeasure: Optional[Callable[[], PeakFlops]] = None):
+    def __init__(
+        self, train_flops_per_token: int, peak: PeakFlops, remeasure: Optional[Callable[[], PeakFlops]] = None
+    ):
         self.train_flops_per_token = train_flops_per_token
         self.peak = peak
         # CPU ceilings measured on a shared machine vary: the summary uses the best of the
@@ -104,11 +141,15 @@ class SpeedMonitor(Callback):
         if not rows:
             return {}
         seconds, tokens = sum(r[0] for r in rows), sum(r[1] for r in rows)
-        out = {"tok_per_s": tokens / seconds,
-               "flop_per_s": tokens / seconds * self.train_flops_per_token,
-               "peak_flop_per_s": self.peak.flop_per_s, "peak_source": self.peak.source}
+        flop_per_s = tokens / seconds * self.train_flops_per_token
+        out: dict[str, Any] = {
+            "tok_per_s": tokens / seconds,
+            "flop_per_s": flop_per_s,
+            "peak_flop_per_s": self.peak.flop_per_s,
+            "peak_source": self.peak.source,
+        }
         if self.peak.flop_per_s:
-            out["mfu"] = out["flop_per_s"] / self.peak.flop_per_s
+            out["mfu"] = flop_per_s / self.peak.flop_per_s
         return out
 
 
@@ -155,9 +196,7 @@ class MetricsFile(Callback):
                     continue  # a line cut by a kill
                 if row.get("step", 0) <= resume_step:
                     kept.append(line)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(k + "\n" for k in kept))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(k + "\n" for k in kept))
 
     def _append(self, kind: str, step: int, metrics: dict) -> None:
         with open(self.path, "a") as f:
@@ -182,19 +221,27 @@ class ProgressBar(Callback):
         if self.tty:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=self.total, initial=trainer.state.step, desc=self.stage,
-                            unit="step", dynamic_ncols=True, file=sys.stderr)
+            self.bar = tqdm(
+                total=self.total,
+                initial=trainer.state.step,
+                desc=self.stage,
+                unit="step",
+                dynamic_ncols=True,
+                file=sys.stderr,
+            )
 
     def on_step_end(self, trainer) -> None:
         if self.bar is not None:
             self.bar.update(1)
 
     def on_log(self, step: int, metrics: dict) -> None:
-        shown = {"loss": metrics.get("train_loss"), "lr": metrics.get("lr"),
-                 "tok/s": metrics.get("tok_per_s")}
+        shown = {
+            "loss": metrics.get("train_loss"),
+            "lr": metrics.get("lr"),
+            "tok/s": metrics.get("tok_per_s"),
+        }
         if self.bar is not None:
-            self.bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items() if v is not None},
-                                 refresh=False)
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items() if v is not None}, refresh=False)
         else:
             parts = " ".join(f"{k} {v:.4g}" for k, v in shown.items() if v is not None)
             print(f"[{self.stage}] step {step}/{self.total} {parts}", file=sys.stderr, flush=True)
@@ -206,9 +253,10 @@ class ProgressBar(Callback):
         else:
             print(line, file=sys.stderr, flush=True)
 
-    def on_train_end(self, trainer) -> None:
+    def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 class Checkpointer(Callback):

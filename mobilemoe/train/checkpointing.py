@@ -54,8 +54,7 @@ def list_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
     folder = Path(out_dir) / CHECKPOINTS
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir()
-             if (m := _STEP.match(p.name)) and p.is_dir()]
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP.match(p.name)) and p.is_dir()]
     return sorted(found)
 
 
@@ -70,7 +69,7 @@ def remove_partial_writes(out_dir: Path) -> None:
 
 def find_resumable(out_dir: Path) -> Optional[Path]:
     """The newest checkpoint that verifies; failing newer ones are moved aside, with a warning."""
-    for step, path in reversed(list_checkpoints(out_dir)):
+    for _step, path in reversed(list_checkpoints(out_dir)):
         try:
             verify(path)
             return path
@@ -79,8 +78,12 @@ def find_resumable(out_dir: Path) -> Optional[Path]:
             aside = Path(out_dir) / CHECKPOINTS / "corrupt" / f"{path.name}-{stamp}"
             aside.parent.mkdir(parents=True, exist_ok=True)
             path.rename(aside)
-            warnings.warn(f"checkpoint {path} failed verification ({e}); moved to {aside} and "
-                          "resuming from the previous checkpoint", CheckpointWarning, stacklevel=2)
+            warnings.warn(
+                f"checkpoint {path} failed verification ({e}); moved to {aside} and "
+                "resuming from the previous checkpoint",
+                CheckpointWarning,
+                stacklevel=2,
+            )
     return None
 
 
@@ -91,7 +94,7 @@ def prune(out_dir: Path, keep: int) -> None:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -103,18 +106,28 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_training_checkpoint(folder: Path, trainer, meta: dict, tokenizer: Path,
-                             with_optimizer: bool = True) -> Path:
+def save_training_checkpoint(
+    folder: Path, trainer, meta: dict, tokenizer: Path, with_optimizer: bool = True
+) -> Path:
     state = trainer.state
     torch_files = None
     if with_optimizer:
-        torch_files = {OPTIMIZER: {
-            "optimizer": trainer.optimizer.state_dict(), "rng": rng_state(),
-            # The loader is a pure function of (seed, stream, step): its position is the step.
-            "loader": {"seed": trainer.loader.seed, "stream": trainer.loader.stream,
-                       "step": state.step}}}
-    save_checkpoint(folder, trainer.model, {**meta, "step": state.step}, tokenizer=tokenizer,
-                    extra_files={TRAINER_STATE: state.to_dict()}, torch_files=torch_files)
+        torch_files = {
+            OPTIMIZER: {
+                "optimizer": trainer.optimizer.state_dict(),
+                "rng": rng_state(),
+                # The loader is a pure function of (seed, stream, step): its position is the step.
+                "loader": {"seed": trainer.loader.seed, "stream": trainer.loader.stream, "step": state.step},
+            }
+        }
+    save_checkpoint(
+        folder,
+        trainer.model,
+        {**meta, "step": state.step},
+        tokenizer=tokenizer,
+        extra_files={TRAINER_STATE: state.to_dict()},
+        torch_files=torch_files,
+    )
     return Path(folder)
 
 
@@ -143,4 +156,5 @@ def check_fingerprint(folder: Path, fingerprint: dict[str, Any]) -> None:
     raise UserError(
         f"{out_dir}: holds checkpoints of a different configuration ({', '.join(diff[:6])} "
         f"differ from {folder}); use another output folder, or delete {out_dir / CHECKPOINTS} "
-        "to start this stage over")
+        "to start this stage over"
+    )

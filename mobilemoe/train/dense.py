@@ -22,7 +22,8 @@ from typing import Optional
 from ..config import Params
 from ..config.model import ModelConfig
 from ..errors import UserError
-from .stage import StageResult, run_stage
+from .result import StageResult
+from .stage import run_stage
 
 
 def dense_counterpart(cfg: ModelConfig) -> ModelConfig:
@@ -31,9 +32,11 @@ def dense_counterpart(cfg: ModelConfig) -> ModelConfig:
     m = cfg.moe
     width = m.top_k * m.expert_hidden + m.n_shared_experts * m.shared_hidden
     if m.n_dense_layers and cfg.ffn_hidden != width:
-        raise UserError(f"model.moe.n_dense_layers={m.n_dense_layers} with ffn_hidden="
-                        f"{cfg.ffn_hidden} != the MoE layers' active width {width}: one dense "
-                        "width cannot match both; compare a model without dense layers")
+        raise UserError(
+            f"model.moe.n_dense_layers={m.n_dense_layers} with ffn_hidden="
+            f"{cfg.ffn_hidden} != the MoE layers' active width {width}: one dense "
+            "width cannot match both; compare a model without dense layers"
+        )
     return dataclasses.replace(cfg, name=f"{cfg.name}-dense-active", moe=None, ffn_hidden=width)
 
 
@@ -50,8 +53,13 @@ class DenseComparison:
         return None if a is None or b is None else a - b
 
     def to_dict(self) -> dict:
-        return {"stage": self.stage, "tokens": self.tokens, "moe": self.moe, "dense": self.dense,
-                "val_loss_delta": self.val_loss_delta}
+        return {
+            "stage": self.stage,
+            "tokens": self.tokens,
+            "moe": self.moe,
+            "dense": self.dense,
+            "val_loss_delta": self.val_loss_delta,
+        }
 
 
 def _describe(result: StageResult, cfg: ModelConfig, seq_len: int) -> dict:
@@ -59,32 +67,51 @@ def _describe(result: StageResult, cfg: ModelConfig, seq_len: int) -> dict:
 
     acc = account(cfg, seq_len)
     s = result.summary()
-    return {"model": cfg.name, "val_loss": s["last_val_loss"],
-            "first_val_loss": s["first_val_loss"],
-            "active_params": acc.active_params, "total_params": acc.total_params,
-            "flops_per_token": acc.flops_per_token, "tok_per_s": s.get("tok_per_s"),
-            "train_s": s["train_s"], "checkpoint": str(result.checkpoint),
-            "val_curve": result.val_curve}
+    return {
+        "model": cfg.name,
+        "val_loss": s["last_val_loss"],
+        "first_val_loss": s["first_val_loss"],
+        "active_params": acc.active_params,
+        "total_params": acc.total_params,
+        "flops_per_token": acc.flops_per_token,
+        "tok_per_s": s.get("tok_per_s"),
+        "train_s": s["train_s"],
+        "checkpoint": str(result.checkpoint),
+        "val_curve": result.val_curve,
+    }
 
 
-def compare_with_dense(params: Params, data_dir, out_dir, moe_result: Optional[StageResult] = None,
-                       stage: str = "pretrain", callbacks=(), tokenizer=None) -> DenseComparison:
+def compare_with_dense(
+    params: Params,
+    data_dir,
+    out_dir,
+    moe_result: Optional[StageResult] = None,
+    stage: str = "pretrain",
+    callbacks=(),
+    tokenizer=None,
+) -> DenseComparison:
     """Pre-train the dense counterpart on the MoE's batches; report both validation losses.
 
     ``moe_result``: the MoE's run of the same stage and params (e.g. the pipeline's
     pretrain), so only the dense model trains here; without it the MoE is trained too.
     """
     if stage != "pretrain":
-        raise UserError(f"the dense comparison trains from initialisation: stage must be "
-                        f"pretrain, got {stage!r}")
+        raise UserError(
+            f"the dense comparison trains from initialisation: stage must be pretrain, got {stage!r}"
+        )
     out_dir = Path(out_dir)
     if moe_result is None:
-        moe_result = run_stage(params, stage, data_dir, out_dir / "moe", callbacks=callbacks,
-                               tokenizer=tokenizer)
+        moe_result = run_stage(
+            params, stage, data_dir, out_dir / "moe", callbacks=callbacks, tokenizer=tokenizer
+        )
     dense_params = dataclasses.replace(params, model=dense_counterpart(params.model))
-    dense_result = run_stage(dense_params, stage, data_dir, out_dir / "dense", callbacks=callbacks,
-                             tokenizer=tokenizer)
+    dense_result = run_stage(
+        dense_params, stage, data_dir, out_dir / "dense", callbacks=callbacks, tokenizer=tokenizer
+    )
     seq_len = getattr(params, stage).seq_len
-    return DenseComparison(stage=stage, tokens=dense_result.state.get("tokens", 0),
-                           moe=_describe(moe_result, params.model, seq_len),
-                           dense=_describe(dense_result, dense_params.model, seq_len))
+    return DenseComparison(
+        stage=stage,
+        tokens=dense_result.state.get("tokens", 0),
+        moe=_describe(moe_result, params.model, seq_len),
+        dense=_describe(dense_result, dense_params.model, seq_len),
+    )

@@ -5,7 +5,7 @@
 
 ``run_stage`` runs in-process when a stage's ``nproc`` is 1; otherwise it launches
 ``python -m torch.distributed.run --standalone --nproc_per_node=N -m
-mobilemoe.train.launch ...`` (metaflow-torchrun does not work locally, STACK.md) and
+mobilemoe.train.launch ...`` (metaflow-torchrun does not work locally, docs/libraries.md#metaflow) and
 each rank runs the same ``train()`` with DDP: gloo on CPU, nccl on GPU.
 
 Why plain DDP with ``find_unused_parameters=False`` is safe for the MoE layer: the
@@ -54,9 +54,12 @@ def init_distributed(device: torch.device) -> World:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
-    world = World(rank=int(os.environ["RANK"]), size=size,
-                  local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-                  local_size=int(os.environ.get("LOCAL_WORLD_SIZE", str(size))))
+    world = World(
+        rank=int(os.environ["RANK"]),
+        size=size,
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        local_size=int(os.environ.get("LOCAL_WORLD_SIZE", str(size))),
+    )
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
@@ -93,5 +96,13 @@ def wrap_ddp(model: torch.nn.Module, world: World, device: torch.device) -> torc
 
 
 def torchrun_command(nproc: int, args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={nproc}", "-m", "mobilemoe.train.launch", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "mobilemoe.train.launch",
+        *args,
+    ]

@@ -46,8 +46,10 @@ def mix_folder(params, stage: str, data_dir=None) -> Path:
         if (c / META).is_file():
             return c
     where = " or ".join(str(c) for c in candidates)
-    raise UserError(f"{stage}: no token shards of the {mix!r} mix at {where} (no {META}); build "
-                    "them with `dvc repro` or pass the folder with --data")
+    raise UserError(
+        f"{stage}: no token shards of the {mix!r} mix at {where} (no {META}); build "
+        "them with `dvc repro` or pass the folder with --data"
+    )
 
 
 def open_shards(folder: Path, vocab_size: int, seq_len: int) -> TokenShards:
@@ -55,9 +57,11 @@ def open_shards(folder: Path, vocab_size: int, seq_len: int) -> TokenShards:
 
     shards = TokenShards(folder)
     if shards.vocab_size > vocab_size:
-        raise UserError(f"{folder / META}: shards were tokenized with vocab_size="
-                        f"{shards.vocab_size} but model.vocab_size={vocab_size}; rebuild the "
-                        "data with this model's vocab_size or fix params.yaml")
+        raise UserError(
+            f"{folder / META}: shards were tokenized with vocab_size="
+            f"{shards.vocab_size} but model.vocab_size={vocab_size}; rebuild the "
+            "data with this model's vocab_size or fix params.yaml"
+        )
     check_split(shards.train, seq_len, str(folder))
     check_split(shards.val, seq_len, str(folder))
     return shards
@@ -71,9 +75,14 @@ def shards_digest(shards: TokenShards) -> dict:
     return out
 
 
-def resolve_tokenizer(mix: Path, shards: TokenShards, explicit=None,
-                      init_folder: Optional[Path] = None, init_config: Optional[dict] = None,
-                      vocab_size: Optional[int] = None) -> tuple[Path, str]:
+def resolve_tokenizer(
+    mix: Path,
+    shards: TokenShards,
+    explicit=None,
+    init_folder: Optional[Path] = None,
+    init_config: Optional[dict] = None,
+    vocab_size: Optional[int] = None,
+) -> tuple[Path, str]:
     """(tokenizer.json path, its sha256), checked against the data and the input checkpoint."""
     from ..data.tokenizer import load_tokenizer
 
@@ -85,25 +94,35 @@ def resolve_tokenizer(mix: Path, shards: TokenShards, explicit=None,
         candidates = []
         if init_folder is not None:
             candidates.append(Path(init_folder) / "tokenizer.json")
-        candidates += [mix / "tokenizer.json", mix.parent / "tokenizer.json",
-                       mix.parent.parent / "tokenizer.json",
-                       mix.parent.parent / "tokenizer" / "tokenizer.json"]
-        path = next((c for c in candidates if c.is_file()), None)
-        if path is None:
-            raise UserError(f"{mix}: no tokenizer.json found next to the shards (looked in "
-                            f"{', '.join(str(c.parent) for c in candidates)}); pass --tokenizer")
+        candidates += [
+            mix / "tokenizer.json",
+            mix.parent / "tokenizer.json",
+            mix.parent.parent / "tokenizer.json",
+            mix.parent.parent / "tokenizer" / "tokenizer.json",
+        ]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise UserError(
+                f"{mix}: no tokenizer.json found next to the shards (looked in "
+                f"{', '.join(str(c.parent) for c in candidates)}); pass --tokenizer"
+            )
+        path = found
     load_tokenizer(path, vocab_size)  # a readable mobilemoe tokenizer within the vocab
     sha = sha256_file(path)
     data_sha = shards.meta.get("tokenizer_sha256")
     if data_sha and data_sha != sha:
-        raise UserError(f"{path}: tokenizer (sha256 {sha[:12]}...) does not match the one the data "
-                        f"in {mix} was tokenized with ({data_sha[:12]}..., {mix / META}); use the "
-                        "data's tokenizer or rebuild the data")
+        raise UserError(
+            f"{path}: tokenizer (sha256 {sha[:12]}...) does not match the one the data "
+            f"in {mix} was tokenized with ({data_sha[:12]}..., {mix / META}); use the "
+            "data's tokenizer or rebuild the data"
+        )
     init_sha = (init_config or {}).get("tokenizer_sha256")
     if init_sha and init_sha != sha:
-        raise UserError(f"{init_folder}: the input checkpoint was trained with another tokenizer "
-                        f"(sha256 {init_sha[:12]}...) than {path} ({sha[:12]}...); its token ids "
-                        "mean other things: use data tokenized with the checkpoint's tokenizer")
+        raise UserError(
+            f"{init_folder}: the input checkpoint was trained with another tokenizer "
+            f"(sha256 {init_sha[:12]}...) than {path} ({sha[:12]}...); its token ids "
+            "mean other things: use data tokenized with the checkpoint's tokenizer"
+        )
     return path, sha
 
 
@@ -112,13 +131,17 @@ def check_init_checkpoint(stage: str, init_checkpoint) -> Optional[Path]:
     if init_checkpoint is None:
         prev = PREVIOUS_STAGE[stage]
         if prev is not None:
-            raise UserError(f"{stage} starts from the {prev} checkpoint: pass it as "
-                            f"init_checkpoint (CLI: --init {prev.upper()}_OUT/final)")
+            raise UserError(
+                f"{stage} starts from the {prev} checkpoint: pass it as "
+                f"init_checkpoint (CLI: --init {prev.upper()}_OUT/final)"
+            )
         return None
     path = Path(init_checkpoint)
     if not path.exists():
-        raise CheckpointError(f"{path}: input checkpoint for {stage} not found (run the "
-                              f"{PREVIOUS_STAGE[stage] or 'previous'} stage first, or fix --init)")
+        raise CheckpointError(
+            f"{path}: input checkpoint for {stage} not found (run the "
+            f"{PREVIOUS_STAGE[stage] or 'previous'} stage first, or fix --init)"
+        )
     if not (path / "manifest.json").is_file() and (path / "final" / "manifest.json").is_file():
         return path / "final"  # a stage's output folder: its final checkpoint
     return path

@@ -12,7 +12,6 @@ so the launching process can report it as one message.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -32,15 +31,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..config import load_params
     from ..errors import UserError
+    from ..io import write_json_atomic
     from .distributed import shutdown_distributed
     from .stage import LAUNCH_ERROR, load_params_json, run_stage
 
     rank = int(os.environ.get("RANK", "0"))
     try:
-        params = (load_params_json(args.params_json) if args.params_json
-                  else load_params(args.params))
-        result = run_stage(params, args.stage, data_dir=args.data, out_dir=args.out,
-                           init_checkpoint=args.init, tokenizer=args.tokenizer)
+        params = load_params_json(args.params_json) if args.params_json else load_params(args.params)
+        result = run_stage(
+            params,
+            args.stage,
+            data_dir=args.data,
+            out_dir=args.out,
+            init_checkpoint=args.init,
+            tokenizer=args.tokenizer,
+        )
         if rank == 0:
             print(f"{args.stage}: done, checkpoint {result.checkpoint}", file=sys.stderr)
         return 0
@@ -48,11 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         err = Path(args.out) / "launch" / LAUNCH_ERROR
         if rank == 0 or not err.exists():
             err.parent.mkdir(parents=True, exist_ok=True)
-            info = {"message": str(e), "kind": type(e).__name__, "rank": rank,
-                    "step": getattr(e, "step", None)}
-            tmp = err.with_name(f"{err.name}.{rank}.tmp")
-            tmp.write_text(json.dumps(info))
-            os.replace(tmp, err)
+            info = {
+                "message": str(e),
+                "kind": type(e).__name__,
+                "rank": rank,
+                "step": getattr(e, "step", None),
+            }
+            write_json_atomic(err, info)
         print(f"error (rank {rank}): {e}", file=sys.stderr)
         return 2
     finally:

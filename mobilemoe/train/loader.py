@@ -39,8 +39,7 @@ class MicroBatch:
     mask: Optional[torch.Tensor]  # (b, L) float32 (1 = loss) or None = every target
 
 
-def _windows(split: ShardSplit, offsets: np.ndarray,
-             seq_len: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
+def _windows(split: ShardSplit, offsets: np.ndarray, seq_len: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
     idx = offsets[:, None] + np.arange(seq_len + 1)[None, :]
     tokens = np.asarray(split.tokens[idx], dtype=np.int64)
     mask = None if split.mask is None else np.asarray(split.mask[idx[:, 1:]], dtype=np.float32)
@@ -58,20 +57,34 @@ def _to_batch(tokens: np.ndarray, mask: Optional[np.ndarray], device) -> MicroBa
 
 def check_split(split: ShardSplit, seq_len: int, where: str) -> None:
     if len(split) < seq_len + 1:
-        raise UserError(f"{where}: the {split.name} split has {len(split)} tokens, fewer than one "
-                        f"window of seq_len+1 = {seq_len + 1}; lower seq_len or add data")
+        raise UserError(
+            f"{where}: the {split.name} split has {len(split)} tokens, fewer than one "
+            f"window of seq_len+1 = {seq_len + 1}; lower seq_len or add data"
+        )
     if split.mask is not None and not split.mask.any():
-        raise UserError(f"{where}: the {split.name} split's loss mask is all zero (no response "
-                        "tokens carry loss); rebuild the SFT shards")
+        raise UserError(
+            f"{where}: the {split.name} split's loss mask is all zero (no response "
+            "tokens carry loss); rebuild the SFT shards"
+        )
 
 
 class WindowLoader:
-    def __init__(self, split: ShardSplit, batch_size: int, seq_len: int, seed: int, rank: int = 0,
-                 world: int = 1, grad_accum: int = 1, device: torch.device | str = "cpu",
-                 stream: int = 0):
+    def __init__(
+        self,
+        split: ShardSplit,
+        batch_size: int,
+        seq_len: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        grad_accum: int = 1,
+        device: torch.device | str = "cpu",
+        stream: int = 0,
+    ):
         if batch_size % (world * grad_accum):
-            raise UserError(f"batch_size={batch_size} is not divisible by processes x grad_accum "
-                            f"= {world} x {grad_accum}")
+            raise UserError(
+                f"batch_size={batch_size} is not divisible by processes x grad_accum = {world} x {grad_accum}"
+            )
         self.split, self.batch_size, self.seq_len = split, batch_size, seq_len
         self.seed, self.stream = seed, stream
         self.rank, self.world, self.grad_accum = rank, world, grad_accum
@@ -96,11 +109,12 @@ class WindowLoader:
         offsets = self.offsets(step)
         count = self.loss_tokens(offsets)
         per_rank = self.batch_size // self.world
-        mine = offsets[self.rank * per_rank:(self.rank + 1) * per_rank]
+        mine = offsets[self.rank * per_rank : (self.rank + 1) * per_rank]
         out = []
         for i in range(self.grad_accum):
-            tokens, mask = _windows(self.split, mine[i * self.micro_size:(i + 1) * self.micro_size],
-                                    self.seq_len)
+            tokens, mask = _windows(
+                self.split, mine[i * self.micro_size : (i + 1) * self.micro_size], self.seq_len
+            )
             out.append(_to_batch(tokens, mask, self.device))
         return out, count
 
@@ -111,10 +125,11 @@ def fixed_windows(split: ShardSplit, n: int, seq_len: int) -> np.ndarray:
     return np.unique(np.linspace(0, max(0, high), num=n).round().astype(np.int64))
 
 
-def eval_batches(split: ShardSplit, offsets: np.ndarray, seq_len: int, batch: int, rank: int,
-                 world: int, device) -> Iterator[MicroBatch]:
+def eval_batches(
+    split: ShardSplit, offsets: np.ndarray, seq_len: int, batch: int, rank: int, world: int, device
+) -> Iterator[MicroBatch]:
     """This rank's share of the fixed validation windows, ``batch`` at a time."""
     mine = offsets[rank::world]
     for i in range(0, len(mine), batch):
-        tokens, mask = _windows(split, mine[i:i + batch], seq_len)
+        tokens, mask = _windows(split, mine[i : i + batch], seq_len)
         yield _to_batch(tokens, mask, torch.device(device))

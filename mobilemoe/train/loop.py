@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, cast
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from ..config.train import TrainStageConfig
 from ..data.shards import ShardSplit
 from ..errors import UserError
+from .callbacks import finish_callbacks
 from .distributed import World, all_reduce_, wrap_ddp
 from .loader import WindowLoader, eval_batches, fixed_windows
 from .optim import build_optimizer
@@ -70,8 +71,7 @@ class TrainState:
         return cls(**known)
 
 
-def masked_ce_sum(logits: torch.Tensor, targets: torch.Tensor,
-                  mask: Optional[torch.Tensor]) -> torch.Tensor:
+def masked_ce_sum(logits: torch.Tensor, targets: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
     """Sum of token cross-entropies (fp32), over targets where ``mask`` is 1 (all if None)."""
     flat = logits.reshape(-1, logits.shape[-1]).float()
     if mask is None:
@@ -81,20 +81,30 @@ def masked_ce_sum(logits: torch.Tensor, targets: torch.Tensor,
 
 
 class Trainer:
-    def __init__(self, model: torch.nn.Module, cfg: TrainStageConfig, loader: WindowLoader,
-                 val_split: ShardSplit, *, device: torch.device, world: World = World(),
-                 autocast_dtype: Optional[torch.dtype] = None, callbacks: list = (),
-                 state: Optional[TrainState] = None, optimizer_state: Optional[dict] = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cfg: TrainStageConfig,
+        loader: WindowLoader,
+        val_split: ShardSplit,
+        *,
+        device: torch.device,
+        world: Optional[World] = None,
+        autocast_dtype: Optional[torch.dtype] = None,
+        callbacks: Sequence = (),
+        state: Optional[TrainState] = None,
+        optimizer_state: Optional[dict] = None,
+    ):
         self.model, self.cfg, self.loader = model, cfg, loader
-        self.device, self.world, self.autocast_dtype = device, world, autocast_dtype
+        self.device, self.world, self.autocast_dtype = device, world or World(), autocast_dtype
         self.callbacks = list(callbacks)
         self.state = state or TrainState()
-        self.ddp_model = wrap_ddp(model, world, device)
+        self.ddp_model = wrap_ddp(model, self.world, device)
         self.optimizer = build_optimizer(model, cfg)
         if optimizer_state is not None:
             self.optimizer.load_state_dict(optimizer_state)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.routers = model.routers() if hasattr(model, "routers") else []
+        self.routers = cast(Any, model).routers() if hasattr(model, "routers") else []
         self.val_split = val_split
         self.val_offsets = fixed_windows(val_split, cfg.eval_batches * cfg.batch_size, cfg.seq_len)
         self.excluded_s = 0.0  # time in validation/checkpoints (kept out of tokens/s)
@@ -133,14 +143,17 @@ class Trainer:
         for i, mb in enumerate(micro):
             last = i == len(micro) - 1
             # Gradients are all-reduced once per step: on the last micro-batch.
-            sync = (self.ddp_model.no_sync() if self.world.distributed and not last
-                    else contextlib.nullcontext())
+            sync = (
+                cast(Any, self.ddp_model).no_sync()
+                if self.world.distributed and not last
+                else contextlib.nullcontext()
+            )
             with sync:
                 with self._autocast():
                     logits = self.ddp_model(mb.inputs)
                 ce = masked_ce_sum(logits, mb.targets, mb.mask)
                 loss = ce * scale
-                aux = self.model.aux_loss() if hasattr(self.model, "aux_loss") else None
+                aux = cast(Any, self.model).aux_loss() if hasattr(self.model, "aux_loss") else None
                 if aux is not None:
                     aux = aux / len(micro)
                     loss = loss + aux
@@ -153,7 +166,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.routers:
-            load = torch.stack(self.model.update_router_biases())
+            load = torch.stack(cast(Any, self.model).update_router_biases())
             self._load_LE = load if self._load_LE is None else self._load_LE + load
         # First non-finite step, tracked on the device (no sync): any rank's NaN poisons the
         # all-reduced gradients, and check_finite() all-reduces this flag.
@@ -183,9 +196,9 @@ class Trainer:
     def sync_losses(self) -> None:
         """Move the per-step losses from the device into ``state.train_loss`` (one sync)."""
         if self._pending:
-            sums = torch.stack([torch.stack([p[1], p[2]]) for p in self._pending])  # (n, 2)
-            all_reduce_(sums, self.world)
-            sums = sums.tolist()
+            stacked = torch.stack([torch.stack([p[1], p[2]]) for p in self._pending])  # (n, 2)
+            all_reduce_(stacked, self.world)
+            sums = stacked.tolist()
             self.state.train_loss += [[p[0], s[0] / p[3]] for s, p in zip(sums, self._pending)]
             self._last_aux = sums[-1][1] / self.world.size
             self._pending = []
@@ -198,9 +211,12 @@ class Trainer:
         if not recent:
             return
         self._last_log_step = step
-        metrics: dict[str, Any] = {"train_loss": recent[-1],
-                                   "train_loss_avg": float(np.mean(recent)),
-                                   "lr": lr_at(step - 1, self.cfg), "tokens": self.state.tokens}
+        metrics: dict[str, Any] = {
+            "train_loss": recent[-1],
+            "train_loss_avg": float(np.mean(recent)),
+            "lr": lr_at(step - 1, self.cfg),
+            "tokens": self.state.tokens,
+        }
         if self._grad_norm is not None:
             metrics["grad_norm"] = float(self._grad_norm)
         if self._has_aux:
@@ -217,8 +233,15 @@ class Trainer:
         sums = torch.zeros(2, device=self.device, dtype=torch.float64)
         batch = max(1, self.cfg.batch_size // self.world.size)
         try:
-            for mb in eval_batches(self.val_split, self.val_offsets, self.cfg.seq_len, batch,
-                                   self.world.rank, self.world.size, self.device):
+            for mb in eval_batches(
+                self.val_split,
+                self.val_offsets,
+                self.cfg.seq_len,
+                batch,
+                self.world.rank,
+                self.world.size,
+                self.device,
+            ):
                 with self._autocast():
                     logits = self.model(mb.inputs)
                 sums[0] += masked_ce_sum(logits, mb.targets, mb.mask).double()
@@ -238,6 +261,17 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------
     def fit(self) -> TrainState:
+        """Train to ``cfg.steps``; the callbacks get ``on_error`` on a failure and ``close``
+        in every case (see :mod:`mobilemoe.train.callbacks`)."""
+        try:
+            self._fit()
+        except BaseException as exc:
+            finish_callbacks(self.callbacks, exc)
+            raise
+        finish_callbacks(self.callbacks)
+        return self.state
+
+    def _fit(self) -> None:
         cfg = self.cfg
         self.model.train()
         t_start = time.perf_counter()
@@ -254,4 +288,3 @@ class Trainer:
         self.check_finite()
         self.state.train_s = s_before + time.perf_counter() - t_start
         self.emit("on_train_end", self)
-        return self.state

@@ -40,5 +40,11 @@ def build_optimizer(model: nn.Module, cfg: TrainStageConfig) -> torch.optim.Adam
     # The fused kernel on CPU too: measured 8x faster than the default per-tensor path on
     # 212M expert parameters (2 threads), which matters for MoE, where every step updates
     # all experts' parameters. It is deterministic, so resumed CPU runs stay bit-identical.
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                             weight_decay=cfg.weight_decay, fused=True)
+    return torch.optim.AdamW(
+        groups,
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        fused=True,
+    )

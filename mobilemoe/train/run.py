@@ -12,25 +12,28 @@ from typing import Optional, Sequence
 import torch
 
 from ..checkpoint import checkpoint_sha256, load_checkpoint
-from ..config import Params, to_dict
+from ..config import TRAIN_STAGES, Params, to_dict
 from ..errors import UserError
+from ..io import write_json_atomic
 from . import checkpointing as ck
-from .callbacks import (Checkpointer, MetricsFile, MoELoadMonitor, ProgressBar, SpeedMonitor,
-                        Validation)
+from .callbacks import Checkpointer, MetricsFile, MoELoadMonitor, ProgressBar, SpeedMonitor, Validation
 from .distributed import World, barrier, init_distributed
+from .fingerprint import fingerprint, qat_meta
 from .inputs import STAGE_MIX, open_shards, resolve_tokenizer, shards_digest
 from .loader import WindowLoader
-from .loop import NonFiniteLoss, TrainState, Trainer
+from .loop import NonFiniteLoss, Trainer, TrainState
+from .result import RESULT, StageResult, finished_result
 from .speed import PeakFlops, peak_flops, training_flops_per_token
-from .stage import (RESULT, STAGE_STREAM, StageResult, _finished, _write_json_atomic,
-                    fingerprint, qat_meta)
+
+STAGE_STREAM = {s: i + 1 for i, s in enumerate(TRAIN_STAGES)}  # each stage draws its own windows
 
 
 def resolve_device(params: Params, world: Optional[World] = None) -> torch.device:
     want = params.runtime.device
     if want == "cuda" and not torch.cuda.is_available():
-        raise UserError("runtime.device: cuda requested but no CUDA device is available; "
-                        "set runtime.device: auto or cpu")
+        raise UserError(
+            "runtime.device: cuda requested but no CUDA device is available; set runtime.device: auto or cpu"
+        )
     if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", world.local_rank if world else 0)
     return torch.device("cpu")
@@ -62,9 +65,16 @@ def _threads(n: int):
         torch.set_num_threads(before)
 
 
-def train_stage_in_process(params: Params, stage: str, mix: Path, out_dir: Path,
-                           init: Optional[Path], callbacks: Sequence, tokenizer,
-                           progress: Optional[bool]) -> StageResult:
+def train_stage_in_process(
+    params: Params,
+    stage: str,
+    mix: Path,
+    out_dir: Path,
+    init: Optional[Path],
+    callbacks: Sequence,
+    tokenizer,
+    progress: Optional[bool],
+) -> StageResult:
     cfg = getattr(params, stage)
     use_cuda = params.runtime.device != "cpu" and torch.cuda.is_available()
     probe = torch.device("cuda" if use_cuda else "cpu")
@@ -72,11 +82,12 @@ def train_stage_in_process(params: Params, stage: str, mix: Path, out_dir: Path,
     device = resolve_device(params, world)
     threads = max(1, params.runtime.threads // world.local_size)
     if cfg.batch_size % (world.size * cfg.grad_accum):
-        raise UserError(f"{stage}.batch_size={cfg.batch_size} is not divisible by processes x "
-                        f"grad_accum = {world.size} x {cfg.grad_accum}")
+        raise UserError(
+            f"{stage}.batch_size={cfg.batch_size} is not divisible by processes x "
+            f"grad_accum = {world.size} x {cfg.grad_accum}"
+        )
     with _threads(threads):
-        return _run(params, stage, mix, out_dir, init, callbacks, tokenizer, progress, world,
-                    device, threads)
+        return _run(params, stage, mix, out_dir, init, callbacks, tokenizer, progress, world, device, threads)
 
 
 def _run(params, stage, mix, out_dir, init, callbacks, tokenizer, progress, world, device, threads):
@@ -87,15 +98,14 @@ def _run(params, stage, mix, out_dir, init, callbacks, tokenizer, progress, worl
         # Verifies the manifest and refuses another architecture (names the differing keys).
         init_model, init_config = load_checkpoint(init, expect_model=params.model)
         init_sha = checkpoint_sha256(init)
-    tok_path, tok_sha = resolve_tokenizer(mix, shards, tokenizer, init, init_config,
-                                          params.model.vocab_size)
+    tok_path, tok_sha = resolve_tokenizer(mix, shards, tokenizer, init, init_config, params.model.vocab_size)
     data = {"mix": STAGE_MIX[stage], "splits": shards_digest(shards)}
     fp = fingerprint(params, stage, init_sha, data, tok_sha)
 
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     barrier(world)
-    done = _finished(out_dir, fp)
+    done = finished_result(out_dir, fp)
     if done is not None:
         return done
     if world.is_main:
@@ -129,54 +139,90 @@ def _run(params, stage, mix, out_dir, init, callbacks, tokenizer, progress, worl
         ck.set_rng_state(payload["rng"])
     resumed_from = state.step if state else 0
 
-    meta = {"stage": stage, "steps": cfg.steps, "qat": qat_meta(params, stage),
-            "init_checkpoint": str(init) if init else None, "init_checkpoint_sha256": init_sha,
-            "data": {**data, "folder": str(mix)}, "seed": params.runtime.seed,
-            "train": to_dict(cfg), "fingerprint": fp}
+    meta = {
+        "stage": stage,
+        "steps": cfg.steps,
+        "qat": qat_meta(params, stage),
+        "init_checkpoint": str(init) if init else None,
+        "init_checkpoint_sha256": init_sha,
+        "data": {**data, "folder": str(mix)},
+        "seed": params.runtime.seed,
+        "train": to_dict(cfg),
+        "fingerprint": fp,
+    }
 
     def save(trainer) -> Optional[Path]:
         if not world.is_main:
             return None
-        folder = ck.save_training_checkpoint(ck.step_folder(out_dir, trainer.state.step), trainer,
-                                             meta, tok_path)
+        folder = ck.save_training_checkpoint(
+            ck.step_folder(out_dir, trainer.state.step), trainer, meta, tok_path
+        )
         ck.prune(out_dir, cfg.keep_checkpoints)
         return folder
 
     seed = params.runtime.seed
-    loader = WindowLoader(shards.train, cfg.batch_size, cfg.seq_len, seed, world.rank, world.size,
-                          cfg.grad_accum, device, stream=STAGE_STREAM[stage])
+    loader = WindowLoader(
+        shards.train,
+        cfg.batch_size,
+        cfg.seq_len,
+        seed,
+        world.rank,
+        world.size,
+        cfg.grad_accum,
+        device,
+        stream=STAGE_STREAM[stage],
+    )
     peak = peak_flops(device, threads) if world.is_main else PeakFlops(None, "rank 0 reports")
     remeasure = (lambda: peak_flops(device, threads)) if device.type == "cpu" else None
     speed = SpeedMonitor(training_flops_per_token(params.model, cfg.seq_len), peak, remeasure)
     cbs: list = [Validation(cfg.eval_every, cfg.steps), speed, MoELoadMonitor()]
     if world.is_main:
-        cbs += [MetricsFile(out_dir / "metrics.jsonl", resumed_from),
-                ProgressBar(stage, cfg.steps, progress), *callbacks]
+        cbs += [
+            MetricsFile(out_dir / "metrics.jsonl", resumed_from),
+            ProgressBar(stage, cfg.steps, progress),
+            *callbacks,
+        ]
     checkpointer = Checkpointer(cfg.checkpoint_every, cfg.steps, save)
     cbs.append(checkpointer)
-    trainer = Trainer(model, cfg, loader, shards.val, device=device, world=world,
-                      autocast_dtype=autocast_dtype(params, device), callbacks=cbs, state=state,
-                      optimizer_state=optimizer_state)
+    trainer = Trainer(
+        model,
+        cfg,
+        loader,
+        shards.val,
+        device=device,
+        world=world,
+        autocast_dtype=autocast_dtype(params, device),
+        callbacks=cbs,
+        state=state,
+        optimizer_state=optimizer_state,
+    )
     try:
         trainer.fit()
     except NonFiniteLoss as e:
         last = ck.list_checkpoints(out_dir)
-        kept = (f"the last good checkpoint {last[-1][1]} is kept" if last
-                else "no checkpoint was written yet")
-        raise NonFiniteLoss(e.step, f"{stage}: the training loss is not finite (nan/inf) at step "
-                            f"{e.step} of {cfg.steps}; {kept}. Lower {stage}.lr or raise "
-                            f"{stage}.warmup_steps, then rerun into a new output folder") from None
+        kept = f"the last good checkpoint {last[-1][1]} is kept" if last else "no checkpoint was written yet"
+        raise NonFiniteLoss(
+            e.step,
+            f"{stage}: the training loss is not finite (nan/inf) at step "
+            f"{e.step} of {cfg.steps}; {kept}. Lower {stage}.lr or raise "
+            f"{stage}.warmup_steps, then rerun into a new output folder",
+        ) from None
 
     result = None
     if world.is_main:
         final = out_dir / ck.FINAL
-        ck.save_training_checkpoint(final, trainer, {**meta, "final": True}, tok_path,
-                                    with_optimizer=False)
-        result = StageResult(stage=stage, checkpoint=final,
-                             checkpoint_sha256=checkpoint_sha256(final), out_dir=out_dir,
-                             state=trainer.state.to_dict(), speed=speed.summary(),
-                             resumed_from_step=resumed_from, steps=cfg.steps)
-        _write_json_atomic(out_dir / RESULT, result.to_dict())
+        ck.save_training_checkpoint(final, trainer, {**meta, "final": True}, tok_path, with_optimizer=False)
+        result = StageResult(
+            stage=stage,
+            checkpoint=final,
+            checkpoint_sha256=checkpoint_sha256(final),
+            out_dir=out_dir,
+            state=trainer.state.to_dict(),
+            speed=speed.summary(),
+            resumed_from_step=resumed_from,
+            steps=cfg.steps,
+        )
+        write_json_atomic(out_dir / RESULT, result.to_dict())
     barrier(world)
     if result is None:
         result = StageResult.from_dict(json.loads((out_dir / RESULT).read_text()))

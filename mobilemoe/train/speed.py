@@ -77,8 +77,7 @@ def cpu_matmul_ceiling(threads: int, size: int = 1024, repeats: int = 5) -> floa
 def peak_flops(device: torch.device, threads: int) -> PeakFlops:
     if device.type == "cuda":
         return gpu_peak(torch.cuda.get_device_name(device))
-    return PeakFlops(cpu_matmul_ceiling(threads),
-                     f"CPU fp32 matmul ceiling measured now ({threads} threads)")
+    return PeakFlops(cpu_matmul_ceiling(threads), f"CPU fp32 matmul ceiling measured now ({threads} threads)")
 
 
 def training_flops_per_token(model_cfg, seq_len: int) -> int:

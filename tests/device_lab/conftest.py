@@ -33,10 +33,9 @@ def _export_program(out: Path, xnnpack: bool = False) -> Path:
     from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
 
     from mobilemoe.config import load_preset
+    from mobilemoe.export.program import export_program
     from mobilemoe.model import build_model
     from mobilemoe.tokens import BOS_ID, END_OF_TURN_ID, EOS_ID
-
-    from mobilemoe.export.program import export_program
 
     torch.manual_seed(0)
     cfg = load_preset("smoke").model
@@ -44,15 +43,26 @@ def _export_program(out: Path, xnnpack: bool = False) -> Path:
     # The exporter's own export form (the routed experts as mobilemoe's top-k kernel op):
     # the device lab's child must load the kernel library to run it.
     program = export_program(model, cfg.max_seq_len)
-    metadata = {"get_max_seq_len": cfg.max_seq_len, "get_max_context_len": cfg.max_seq_len,
-                "get_vocab_size": cfg.vocab_size, "get_n_layers": cfg.n_layers,
-                "get_bos_id": BOS_ID, "get_eos_ids": [EOS_ID, END_OF_TURN_ID],
-                "use_kv_cache": True, "use_sdpa_with_kv_cache": False, "enable_dynamic_shape": True}
-    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()] if xnnpack else [],
-                                       constant_methods=metadata,
-                                       compile_config=EdgeCompileConfig(_check_ir_validity=False))
-    et = edge.to_executorch(ExecutorchBackendConfig(
-        sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass()))  # plan memory for max seq
+    metadata = {
+        "get_max_seq_len": cfg.max_seq_len,
+        "get_max_context_len": cfg.max_seq_len,
+        "get_vocab_size": cfg.vocab_size,
+        "get_n_layers": cfg.n_layers,
+        "get_bos_id": BOS_ID,
+        "get_eos_ids": [EOS_ID, END_OF_TURN_ID],
+        "use_kv_cache": True,
+        "use_sdpa_with_kv_cache": False,
+        "enable_dynamic_shape": True,
+    }
+    edge = to_edge_transform_and_lower(
+        program,
+        partitioner=[XnnpackPartitioner()] if xnnpack else [],
+        constant_methods=metadata,
+        compile_config=EdgeCompileConfig(_check_ir_validity=False),
+    )
+    et = edge.to_executorch(
+        ExecutorchBackendConfig(sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass())
+    )  # plan memory for max seq
     path = out / ("model-xnnpack.pte" if xnnpack else "model.pte")
     path.write_bytes(et.buffer)
     return path

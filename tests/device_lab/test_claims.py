@@ -11,10 +11,10 @@ import threading
 import time
 
 import pytest
+from device_lab_helpers import CountingCheck, make_queue
 
 from device_lab.runner import Runner
 from device_lab.submit import submit_job
-from device_lab_helpers import CountingCheck, make_queue
 
 N_JOBS, N_RUNNERS = 20, 3
 
@@ -36,11 +36,12 @@ def _simultaneous_claims(uri, endpoint, rounds=8, contenders=4):
         barrier = threading.Barrier(contenders)
         won = []
 
-        def contend(i):
+        def contend(i, barrier=barrier, entry=entry, won=won):
             barrier.wait()
             claim = queues[i].claim(entry, f"runner{i}")
             if claim is not None:
                 won.append(claim)
+
         threads = [threading.Thread(target=contend, args=(i,)) for i in range(contenders)]
         for t in threads:
             t.start()
@@ -55,9 +56,16 @@ def _race(uri, endpoint, tmp_path, pte, tokenizer):
     bench = {"prompt_lengths": [8], "decode_tokens": 2, "repeats": 1, "warmup": 0, "threads": 1}
     ids = [submit_job(submitter, pte, tokenizer, bench, backend="artifact-check") for _ in range(N_JOBS)]
     counts, lock, stop = {}, threading.Lock(), threading.Event()
-    runners = [Runner(make_queue(uri, endpoint_url=endpoint), [CountingCheck(counts, lock)],
-                      tmp_path / f"runner{i}", runner_id=f"racer{i}", poll_s=0.05)
-               for i in range(N_RUNNERS)]
+    runners = [
+        Runner(
+            make_queue(uri, endpoint_url=endpoint),
+            [CountingCheck(counts, lock)],
+            tmp_path / f"runner{i}",
+            runner_id=f"racer{i}",
+            poll_s=0.05,
+        )
+        for i in range(N_RUNNERS)
+    ]
     threads = [threading.Thread(target=r.serve, args=(stop,)) for r in runners]
     for t in threads:
         t.start()
@@ -76,8 +84,7 @@ def _race(uri, endpoint, tmp_path, pte, tokenizer):
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_one_winner_and_three_runners_race_over_20_jobs(where, request, tmp_path, fake_pte,
-                                                        small_tokenizer):
+def test_one_winner_and_three_runners_race_over_20_jobs(where, request, tmp_path, fake_pte, small_tokenizer):
     uri, endpoint = _queue_uri(where, request, tmp_path)
     assert _simultaneous_claims(uri, endpoint) == [1] * 8
 
@@ -120,6 +127,7 @@ def test_a_finished_job_is_never_claimed_again(tmp_path, fake_pte, small_tokeniz
     stale_entry = b.scan()[0]  # b looked before a finished
     claim = a.claim(a.scan()[0], "a")
     from device_lab.schema import make_result
+
     assert a.write_result("j-1", make_result("j-1", "ok"))
     a.finish(claim)
     assert a.scan() == []

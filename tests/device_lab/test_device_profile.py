@@ -9,13 +9,21 @@ import pytest
 
 from mobilemoe.config import load_preset
 from mobilemoe.config.base import ConfigError
-from mobilemoe.device_profile import (DeviceProfileTimeout, bytes_metrics, decode_ops,
-                                      plot_tok_per_s, profile_metrics, run_device_profile)
+from mobilemoe.device_profile import (
+    DeviceProfileTimeout,
+    bytes_metrics,
+    decode_ops,
+    plot_tok_per_s,
+    profile_metrics,
+    run_device_profile,
+)
+from mobilemoe.preflight import preflight
 
 
 def test_embedded_lab_profiles_the_program(tmp_path, llm_pte, tokenizer_file):
-    params = load_preset("smoke", ["device_lab.prompt_lengths=[8, 32]", "device_lab.decode_tokens=4",
-                                   "device_lab.poll_s=0.1"])
+    params = load_preset(
+        "smoke", ["device_lab.prompt_lengths=[8, 32]", "device_lab.decode_tokens=4", "device_lab.poll_s=0.1"]
+    )
     result = run_device_profile(params, llm_pte, tokenizer_file, tmp_path, labels={"stage": "export"})
     assert result["status"] == "ok", result["reason"]
     assert set(result["prefill_tok_per_s"]) == {"8", "32"} and result["decode_tok_per_s"] > 0
@@ -27,9 +35,14 @@ def test_embedded_lab_profiles_the_program(tmp_path, llm_pte, tokenizer_file):
     assert (tmp_path / "device_lab" / "queue" / "results").is_dir()
 
     metrics = profile_metrics(result)
-    assert set(metrics) == {"device_decode_tok_per_s", "device_prefill_tok_per_s_8",
-                            "device_prefill_tok_per_s_32", "device_load_s", "device_peak_rss_bytes",
-                            "device_program_rss_bytes"}
+    assert set(metrics) == {
+        "device_decode_tok_per_s",
+        "device_prefill_tok_per_s_8",
+        "device_prefill_tok_per_s_32",
+        "device_load_s",
+        "device_peak_rss_bytes",
+        "device_program_rss_bytes",
+    }
     assert metrics["device_prefill_tok_per_s_8"] == result["prefill_tok_per_s"]["8"]
 
     # One decode step's per-operator times (ETDump), asked for by the flow's job: the MoE
@@ -45,7 +58,9 @@ def test_embedded_lab_profiles_the_program(tmp_path, llm_pte, tokenizer_file):
     assert b["device_active_weight_bytes_per_token"] < b["device_total_weight_bytes"]
     assert b["device_decode_bandwidth_gb_s"] == pytest.approx(
         (b["device_active_weight_bytes_per_token"] + b["device_kv_bytes_per_token"])
-        * result["decode_tok_per_s"] / 1e9)
+        * result["decode_tok_per_s"]
+        / 1e9
+    )
 
     fig = plot_tok_per_s(result)
     (ax,) = fig.axes
@@ -59,19 +74,22 @@ def test_bad_settings_and_no_runner(tmp_path, fake_pte, small_tokenizer):
     with pytest.raises(ConfigError, match="120 \\+ decode_tokens 16 exceeds the exported context 128"):
         load_preset("smoke", ["device_lab.prompt_lengths=[120]", "device_lab.decode_tokens=16"])
     fits = load_preset("smoke")  # built in code, past the params check: the call checks again
-    too_long = dataclasses.replace(fits, device_lab=dataclasses.replace(
-        fits.device_lab, prompt_lengths=[120], decode_tokens=16))
+    too_long = dataclasses.replace(
+        fits, device_lab=dataclasses.replace(fits.device_lab, prompt_lengths=[120], decode_tokens=16)
+    )
     with pytest.raises(ConfigError, match="do not fit the program's context"):
         run_device_profile(too_long, fake_pte, small_tokenizer, tmp_path)
     phone = load_preset("smoke", ["device_lab.backend=android-adb"])
     with pytest.raises(ConfigError, match="device_lab.backend: 'android-adb' cannot run"):
         run_device_profile(phone, fake_pte, small_tokenizer, tmp_path)
-    nobody = load_preset("smoke", [f"device_lab.queue=file://{tmp_path}/lab", "device_lab.timeout_s=0.3",
-                                   "device_lab.poll_s=0.05"])
+    nobody = load_preset(
+        "smoke",
+        [f"device_lab.queue=file://{tmp_path}/lab", "device_lab.timeout_s=0.3", "device_lab.poll_s=0.05"],
+    )
     with pytest.raises(DeviceProfileTimeout, match="--result j-"):
         run_device_profile(nobody, fake_pte, small_tokenizer, tmp_path)
     with pytest.raises(ConfigError, match="device_lab.queue"):
-        load_preset("smoke", ["device_lab.queue=s3://key:secret@bucket/q"])
+        preflight(load_preset("smoke", ["device_lab.queue=s3://key:secret@bucket/q"]))
     assert profile_metrics({"status": "rejected"}) == {}
     assert plot_tok_per_s({"status": "error", "reason": "boom"}).axes
 

@@ -8,11 +8,12 @@ import json
 import os
 import threading
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from device_lab_helpers import CountingCheck, make_queue
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from device_lab.runner import Runner
 from device_lab.submit import submit_job
-from device_lab_helpers import CountingCheck, make_queue
 
 BENCH = {"prompt_lengths": [8], "decode_tokens": 2, "repeats": 1, "warmup": 0, "threads": 1}
 
@@ -25,15 +26,14 @@ def _drain(q, work):
     return counts
 
 
-def test_special_files_and_symlinks_are_rejected_and_the_runner_goes_on(
-        tmp_path, fake_pte, small_tokenizer):
+def test_special_files_and_symlinks_are_rejected_and_the_runner_goes_on(tmp_path, fake_pte, small_tokenizer):
     q = make_queue(f"file://{tmp_path}/queue")
     jobs = tmp_path / "queue" / "jobs"
     good = submit_job(q, fake_pte, small_tokenizer, BENCH, backend="artifact-check")
     outside = tmp_path / "outside.json"
     outside.write_text((jobs / f"{good}.json").read_text().replace(good, "j-link-out"))
-    os.mkfifo(jobs / "j-fifo.json")                          # would block read() forever
-    os.symlink(outside, jobs / "j-link-out.json")            # points outside the queue
+    os.mkfifo(jobs / "j-fifo.json")  # would block read() forever
+    os.symlink(outside, jobs / "j-link-out.json")  # points outside the queue
     os.symlink(jobs / f"{good}.json", jobs / "j-link-in.json")
     os.symlink(tmp_path / "nowhere", jobs / "j-dangling.json")
     (jobs / "j-dir.json").mkdir()
@@ -53,17 +53,29 @@ def test_special_files_and_symlinks_are_rejected_and_the_runner_goes_on(
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-    max_leaves=20)
+    max_leaves=20,
+)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-@given(docs=st.lists(st.one_of(st.binary(max_size=200), _json.map(lambda d: json.dumps(d).encode()),
-                               st.fixed_dictionaries({"kind": st.just("device-lab/job"),
-                                                      "version": st.integers(-2, 3),
-                                                      "job_id": st.text(max_size=12),
-                                                      "backend": st.text(max_size=12)})
-                               .map(lambda d: json.dumps(d).encode())),
-                     min_size=1, max_size=4))
+@given(
+    docs=st.lists(
+        st.one_of(
+            st.binary(max_size=200),
+            _json.map(lambda d: json.dumps(d).encode()),
+            st.fixed_dictionaries(
+                {
+                    "kind": st.just("device-lab/job"),
+                    "version": st.integers(-2, 3),
+                    "job_id": st.text(max_size=12),
+                    "backend": st.text(max_size=12),
+                }
+            ).map(lambda d: json.dumps(d).encode()),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_arbitrary_job_documents_are_each_rejected_with_a_reason(tmp_path_factory, docs):
     root = tmp_path_factory.mktemp("fuzz")
     q = make_queue(f"file://{root}/queue")
@@ -89,9 +101,23 @@ def test_a_fifo_job_neither_blocks_the_runner_nor_its_sigterm(tmp_path, fake_pte
     good = submit_job(q, fake_pte, small_tokenizer, BENCH, backend="artifact-check")
     os.mkfifo(tmp_path / "queue" / "jobs" / "a-fifo.json")  # sorts first
     runner = subprocess.Popen(
-        [sys.executable, "-m", "device_lab.runner", "--queue", uri, "--workdir", str(tmp_path / "w"),
-         "--backend", "artifact-check", "--poll-s", "0.05"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "device_lab.runner",
+            "--queue",
+            uri,
+            "--workdir",
+            str(tmp_path / "w"),
+            "--backend",
+            "artifact-check",
+            "--poll-s",
+            "0.05",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for _ in range(1200):  # wait for both results (the runner keeps serving)
             if q.read_result(good) is not None or runner.poll() is not None:

@@ -10,11 +10,11 @@ import sys
 import time
 
 import psutil
+from device_lab_helpers import SMALL_BENCH, make_queue
 
 from device_lab.backends.local_cpu import LocalCpuBackend
 from device_lab.runner import Runner
 from device_lab.submit import submit_job
-from device_lab_helpers import SMALL_BENCH, make_queue
 
 LEASE_S = 1.5
 
@@ -34,10 +34,30 @@ def test_killed_runner_job_is_finished_by_another_after_the_lease(tmp_path, llm_
     queue = make_queue(uri, lease_s=LEASE_S)
     job_id = submit_job(queue, llm_pte, tokenizer_file, SMALL_BENCH, backend="local-cpu")
     first = subprocess.Popen(
-        [sys.executable, "-m", "device_lab.runner", "--queue", uri, "--backend", "local-cpu",
-         "--workdir", str(tmp_path / "work1"), "--lease-s", str(LEASE_S), "--poll-s", "0.05",
-         "--runner-id", "doomed", "--once", "--idle-exit-s", "60"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "device_lab.runner",
+            "--queue",
+            uri,
+            "--backend",
+            "local-cpu",
+            "--workdir",
+            str(tmp_path / "work1"),
+            "--lease-s",
+            str(LEASE_S),
+            "--poll-s",
+            "0.05",
+            "--runner-id",
+            "doomed",
+            "--once",
+            "--idle-exit-s",
+            "60",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         # Mid-job: claimed, lease held, benchmark child started.
         spec = tmp_path / "work1" / "jobs" / job_id / "spec.json"
@@ -51,8 +71,13 @@ def test_killed_runner_job_is_finished_by_another_after_the_lease(tmp_path, llm_
     assert not alive, "the benchmark child dies with its runner (PR_SET_PDEATHSIG)"
     assert queue.read_result(job_id) is None
 
-    second = Runner(make_queue(uri, lease_s=LEASE_S), [LocalCpuBackend()], tmp_path / "work2",
-                    runner_id="rescuer", poll_s=0.05)
+    second = Runner(
+        make_queue(uri, lease_s=LEASE_S),
+        [LocalCpuBackend()],
+        tmp_path / "work2",
+        runner_id="rescuer",
+        poll_s=0.05,
+    )
     assert second.serve(once=True, idle_exit_s=60) == 1
     result = queue.read_result(job_id)
     assert result["status"] == "ok" and result["attempt"] == 2
@@ -65,9 +90,26 @@ def test_sigterm_hands_the_job_back_at_once(tmp_path, llm_pte, tokenizer_file):
     queue = make_queue(uri, lease_s=60)
     job_id = submit_job(queue, llm_pte, tokenizer_file, SMALL_BENCH, backend="local-cpu")
     runner = subprocess.Popen(
-        [sys.executable, "-m", "device_lab.runner", "--queue", uri, "--workdir", str(tmp_path / "w"),
-         "--lease-s", "60", "--poll-s", "0.05", "--once", "--idle-exit-s", "60"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "device_lab.runner",
+            "--queue",
+            uri,
+            "--workdir",
+            str(tmp_path / "w"),
+            "--lease-s",
+            "60",
+            "--poll-s",
+            "0.05",
+            "--once",
+            "--idle-exit-s",
+            "60",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_for((tmp_path / "w" / "jobs" / job_id / "spec.json").exists, 60, "the benchmark")
         runner.send_signal(signal.SIGTERM)

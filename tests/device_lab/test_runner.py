@@ -4,22 +4,21 @@ S3 outages. Uses the real artifact-check backend (a child process per job), coun
 from __future__ import annotations
 
 import copy
-import re
 import datetime as dt
 import json
 import logging
+import re
 import threading
 import time
 
 import pytest
+from device_lab_helpers import CountingCheck, make_queue
 
 from device_lab.queue import names_for_key
 from device_lab.runner import Runner, WorkdirBusy
-from device_lab.schema import format_time, make_job, new_job_id
+from device_lab.schema import ProtocolError, format_time, make_job, new_job_id, parse_queue_uri
 from device_lab.submit import submit_job
 from device_lab.transport import LocalTransport, Retry, S3Transport, TransportError
-from device_lab.schema import ProtocolError, parse_queue_uri
-from device_lab_helpers import CountingCheck, make_queue
 
 BENCH = {"prompt_lengths": [8], "decode_tokens": 2, "repeats": 1, "warmup": 0, "threads": 1}
 
@@ -82,12 +81,18 @@ def test_bad_jobs_are_rejected_without_running_anything(tmp_path, fake_pte, smal
     failed = json.loads(t.get_bytes(f"results/{failing}.json"))  # ran, failed, runner went on
     assert failed["status"] == "error" and "not an ExecuTorch program" in failed["reason"]
     expected = {
-        "j-unknown": "job.extra: unknown field", "j-type": "job.benchmark.repeats",
-        "j-backend": "backend 'android-adb' is not offered", "j-big": "over this runner's cap",
-        "j-outside": "not in this queue's artifact area", "j-late": "has passed",
-        "j-mismatch": "does not match its file name", "j-dots": "job.job_id",
-        "j-notjson": "not valid JSON", "bad..name": "is not named <job_id>.json with a safe id",
-        "j-tampered": "hash mismatch", "j-short": "larger than its declared size_bytes",
+        "j-unknown": "job.extra: unknown field",
+        "j-type": "job.benchmark.repeats",
+        "j-backend": "backend 'android-adb' is not offered",
+        "j-big": "over this runner's cap",
+        "j-outside": "not in this queue's artifact area",
+        "j-late": "has passed",
+        "j-mismatch": "does not match its file name",
+        "j-dots": "job.job_id",
+        "j-notjson": "not valid JSON",
+        "bad..name": "is not named <job_id>.json with a safe id",
+        "j-tampered": "hash mismatch",
+        "j-short": "larger than its declared size_bytes",
         "j-huge": "job document too large",
     }
     for name, why in expected.items():
@@ -112,8 +117,7 @@ def test_unusable_job_keys_get_a_result_somewhere_safe():
     assert names_for_key("jobs/we ird.json")[1:] == ("we ird", False)
 
 
-def test_a_job_for_a_backend_another_live_runner_offers_is_left_alone(tmp_path, fake_pte,
-                                                                      small_tokenizer):
+def test_a_job_for_a_backend_another_live_runner_offers_is_left_alone(tmp_path, fake_pte, small_tokenizer):
     q = make_queue(f"file://{tmp_path}/queue")
     phone_job = submit_job(q, fake_pte, small_tokenizer, BENCH, backend="android-adb")
     mine = submit_job(q, fake_pte, small_tokenizer, BENCH, backend="artifact-check")
@@ -181,8 +185,11 @@ def test_results_are_never_lost(tmp_path, fake_pte, small_tokenizer, caplog):
 def test_s3_errors_are_retried_with_backoff_then_reported(monkeypatch, caplog):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value")
-    t = S3Transport(parse_queue_uri("s3://lab/q"), endpoint_url="http://127.0.0.1:9",
-                    retry=Retry(attempts=3, base_s=0.01, cap_s=0.02))
+    t = S3Transport(
+        parse_queue_uri("s3://lab/q"),
+        endpoint_url="http://127.0.0.1:9",
+        retry=Retry(attempts=3, base_s=0.01, cap_s=0.02),
+    )
     with caplog.at_level(logging.WARNING, "device_lab.transport"):
         with pytest.raises(TransportError, match="LIST s3://lab/q/jobs/ failed after 3 attempts") as e:
             t.list("jobs/")
@@ -249,8 +256,14 @@ def test_bench_falls_back_to_runtime_stats_when_a_token_is_not_utf8():
 
     class Stats:
         def to_json_string(self):
-            return _json.dumps({"generated_tokens": 9, "inference_start_ms": 1000,
-                                "first_token_ms": 1004, "inference_end_ms": 1020})
+            return _json.dumps(
+                {
+                    "generated_tokens": 9,
+                    "inference_start_ms": 1000,
+                    "first_token_ms": 1004,
+                    "inference_end_ms": 1020,
+                }
+            )
 
     class FakeRunner:
         calls = 0
@@ -308,9 +321,13 @@ def test_runner_stopped_mid_download_hands_the_job_back(tmp_path, small_tokenize
     q = make_queue(f"file://{tmp_path}/queue")
     big = tmp_path / "inputs" / "model.pte"
     big.write_bytes(b"\x1c\x00\x00\x00ET12" + b"\x00" * (8 << 20))
-    job = submit_job(q, big, small_tokenizer, {"prompt_lengths": [4], "decode_tokens": 2,
-                                               "repeats": 1, "warmup": 0, "threads": 1},
-                     backend="artifact-check")
+    job = submit_job(
+        q,
+        big,
+        small_tokenizer,
+        {"prompt_lengths": [4], "decode_tokens": 2, "repeats": 1, "warmup": 0, "threads": 1},
+        backend="artifact-check",
+    )
     runner = Runner(q, [make_backend("artifact-check")], tmp_path / "w", poll_s=0.05)
     real = q.transport.download_file
 

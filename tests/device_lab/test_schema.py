@@ -7,9 +7,19 @@ import datetime as dt
 
 import pytest
 
-from device_lab.schema import (ProtocolError, QueueURI, artifact_key_from_uri, format_time,
-                               make_job, make_result, new_job_id, parse_queue_uri, parse_time,
-                               validate_job, validate_result)
+from device_lab.schema import (
+    ProtocolError,
+    QueueURI,
+    artifact_key_from_uri,
+    format_time,
+    make_job,
+    make_result,
+    new_job_id,
+    parse_queue_uri,
+    parse_time,
+    validate_job,
+    validate_result,
+)
 
 SHA = "ab" * 32
 BENCH = {"prompt_lengths": [32, 128], "decode_tokens": 32, "repeats": 3, "warmup": 1, "threads": 1}
@@ -33,21 +43,24 @@ def test_job_round_trip_and_times():
     assert job["created_at"].endswith("Z") and "T" in job["created_at"]
 
 
-@pytest.mark.parametrize("mutate, field", [
-    (lambda j: j.update(extra=1), "job.extra: unknown field"),
-    (lambda j: j["benchmark"].update(repeats="3"), "job.benchmark.repeats"),
-    (lambda j: j["benchmark"].update(prompt_lengths=[]), "job.benchmark.prompt_lengths"),
-    (lambda j: j["benchmark"].update(prompt_lengths=[8, 8]), "unique"),
-    (lambda j: j["benchmark"].update(threads=True), "job.benchmark.threads"),
-    (lambda j: j["artifact"].update(sha256="XYZ"), "job.artifact.sha256"),
-    (lambda j: j.pop("deadline"), "job.deadline: missing"),
-    (lambda j: j.update(deadline="2025-01-01 00:00:00"), "ISO 8601"),
-    (lambda j: j.update(job_id="../etc"), "job.job_id"),
-    (lambda j: j.update(job_id="a/b"), "job.job_id"),
-    (lambda j: j.update(backend="Local CPU"), "job.backend"),
-    (lambda j: j.update(version=2), "job.version: 2 is not supported"),
-    (lambda j: j.update(kind="device-lab/other"), "job.kind"),
-])
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda j: j.update(extra=1), "job.extra: unknown field"),
+        (lambda j: j["benchmark"].update(repeats="3"), "job.benchmark.repeats"),
+        (lambda j: j["benchmark"].update(prompt_lengths=[]), "job.benchmark.prompt_lengths"),
+        (lambda j: j["benchmark"].update(prompt_lengths=[8, 8]), "unique"),
+        (lambda j: j["benchmark"].update(threads=True), "job.benchmark.threads"),
+        (lambda j: j["artifact"].update(sha256="XYZ"), "job.artifact.sha256"),
+        (lambda j: j.pop("deadline"), "job.deadline: missing"),
+        (lambda j: j.update(deadline="2025-01-01 00:00:00"), "ISO 8601"),
+        (lambda j: j.update(job_id="../etc"), "job.job_id"),
+        (lambda j: j.update(job_id="a/b"), "job.job_id"),
+        (lambda j: j.update(backend="Local CPU"), "job.backend"),
+        (lambda j: j.update(version=2), "job.version: 2 is not supported"),
+        (lambda j: j.update(kind="device-lab/other"), "job.kind"),
+    ],
+)
 def test_job_schema_errors_name_the_field(mutate, field):
     job = _job()
     mutate(job)
@@ -60,26 +73,32 @@ def test_job_not_an_object():
         validate_job([1, 2])
 
 
-@pytest.mark.parametrize("uri, expect", [
-    ("file:///srv/lab", QueueURI("file", path="/srv/lab")),
-    ("file:///srv//lab/", QueueURI("file", path="/srv/lab")),
-    ("s3://my-lab", QueueURI("s3", bucket="my-lab")),
-    ("s3://my-lab/a/b/", QueueURI("s3", bucket="my-lab", prefix="a/b")),
-])
+@pytest.mark.parametrize(
+    "uri, expect",
+    [
+        ("file:///srv/lab", QueueURI("file", path="/srv/lab")),
+        ("file:///srv//lab/", QueueURI("file", path="/srv/lab")),
+        ("s3://my-lab", QueueURI("s3", bucket="my-lab")),
+        ("s3://my-lab/a/b/", QueueURI("s3", bucket="my-lab", prefix="a/b")),
+    ],
+)
 def test_queue_uris(uri, expect):
     assert parse_queue_uri(uri) == expect
     assert parse_queue_uri(str(expect)) == expect
 
 
-@pytest.mark.parametrize("uri, problem", [
-    ("/srv/lab", "not a queue URI"),
-    ("file://srv/lab", "three slashes"),
-    ("file:///srv/../etc", "without '..'"),
-    ("s3://key:secret@bucket/p", "no credentials"),
-    ("s3://B/p", "not a valid bucket"),
-    ("s3://bucket/a/../b", "not a safe name"),
-    ("http://host/x", "unsupported scheme"),
-])
+@pytest.mark.parametrize(
+    "uri, problem",
+    [
+        ("/srv/lab", "not a queue URI"),
+        ("file://srv/lab", "three slashes"),
+        ("file:///srv/../etc", "without '..'"),
+        ("s3://key:secret@bucket/p", "no credentials"),
+        ("s3://B/p", "not a valid bucket"),
+        ("s3://bucket/a/../b", "not a safe name"),
+        ("http://host/x", "unsupported scheme"),
+    ],
+)
 def test_bad_queue_uris(uri, problem):
     with pytest.raises(ProtocolError, match=problem):
         parse_queue_uri(uri)
@@ -89,17 +108,32 @@ def test_artifact_uri_must_be_in_the_queue_area_under_its_hash():
     q = parse_queue_uri("s3://lab/q")
     good = f"s3://lab/q/artifacts/{SHA}/model.pte"
     assert artifact_key_from_uri(q, good, SHA, "x") == f"artifacts/{SHA}/model.pte"
-    for bad in (f"s3://other/q/artifacts/{SHA}/model.pte", f"s3://lab/q/artifacts/{'cd' * 32}/m.pte",
-                f"s3://lab/q/artifacts/{SHA}/../../jobs/x.json", "file:///etc/passwd"):
+    for bad in (
+        f"s3://other/q/artifacts/{SHA}/model.pte",
+        f"s3://lab/q/artifacts/{'cd' * 32}/m.pte",
+        f"s3://lab/q/artifacts/{SHA}/../../jobs/x.json",
+        "file:///etc/passwd",
+    ):
         with pytest.raises(ProtocolError):
             artifact_key_from_uri(q, bad, SHA, "x")
 
 
 def test_result_documents():
     job = _job()
-    res = make_result("j-1", "ok", job=job, runner={"id": "r"}, device={"kind": "cpu"}, attempt=1,
-                      measurement={"prefill_tok_per_s": {"32": 100.0}, "decode_tok_per_s": 50.0,
-                                   "load_s": 0.1, "raw": {"runs": []}})
+    res = make_result(
+        "j-1",
+        "ok",
+        job=job,
+        runner={"id": "r"},
+        device={"kind": "cpu"},
+        attempt=1,
+        measurement={
+            "prefill_tok_per_s": {"32": 100.0},
+            "decode_tok_per_s": 50.0,
+            "load_s": 0.1,
+            "raw": {"runs": []},
+        },
+    )
     assert res["artifact_sha256"] == SHA and res["benchmark"] == BENCH
     assert res["prefill_tok_per_s"] == {"32": 100.0} and res["decode_tok_per_s"] == 50.0
     bad = dict(res, prefill_tok_per_s={"032": 1.0})

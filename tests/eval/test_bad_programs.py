@@ -43,10 +43,26 @@ def _one_error(capsys, argv, name) -> str:
 def test_cli_generate_and_eval_refuse_bad_programs(bad_programs, tokenizer_file, capsys):
     for name in BAD:
         pte = str(bad_programs / name)
-        _one_error(capsys, ["generate", "--pte", pte, "--prompt", "x", "--tokenizer",
-                            str(tokenizer_file)], name)
-        _one_error(capsys, ["eval", "--preset", "smoke", "--tasks", "arc_easy", "--limit", "2",
-                            "--pte", pte, "--tokenizer", str(tokenizer_file)], name)
+        _one_error(
+            capsys, ["generate", "--pte", pte, "--prompt", "x", "--tokenizer", str(tokenizer_file)], name
+        )
+        _one_error(
+            capsys,
+            [
+                "eval",
+                "--preset",
+                "smoke",
+                "--tasks",
+                "arc_easy",
+                "--limit",
+                "2",
+                "--pte",
+                pte,
+                "--tokenizer",
+                str(tokenizer_file),
+            ],
+            name,
+        )
 
 
 def test_lm_eval_models_turn_user_errors_into_one_line(bad_programs, tokenizer_file, tmp_path, capsys):
@@ -69,15 +85,33 @@ def test_stock_lm_eval_cli_prints_one_error_line(bad_programs, tokenizer_file, t
     if not lm_eval.exists():
         pytest.skip("lm_eval is not installed in this environment")
     env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
+    from mobilemoe.eval.suite import build_task_dir
+
+    task_dir = str(build_task_dir())  # what `mobilemoe eval --task-dir` prints
     for model, args, name in [
         ("mobilemoe", f"checkpoint={tmp_path / 'missing-ckpt'}", "missing-ckpt"),
         ("mobilemoe-pte", f"pte={bad_programs / 'random.pte'},tokenizer={tokenizer_file}", "random.pte"),
     ]:
-        proc = subprocess.run([str(lm_eval), "--model", model, "--model_args", args, "--tasks",
-                               "arc_easy", "--limit", "1"], capture_output=True, text=True,
-                              env=env, timeout=300)
+        proc = subprocess.run(
+            [
+                str(lm_eval),
+                "--include_path",
+                task_dir,
+                "--model",
+                model,
+                "--model_args",
+                args,
+                "--tasks",
+                "arc_easy",
+                "--limit",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert proc.returncode == 2, proc.stderr[-2000:]
         errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
         assert len(errors) == 1 and name in errors[0], proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-

@@ -19,15 +19,33 @@ VENV_BIN = Path(sys.executable).parent
 
 def test_eval_prints_a_table_and_writes_json(smoke_checkpoint, tmp_path, capsys):
     out = tmp_path / "results.json"
-    rc = main(["eval", "--checkpoint", str(smoke_checkpoint), "--preset", "smoke",
-               "--tasks", "arc_easy,winogrande", "--limit", "6", "--batch-size", "4",
-               "--json", str(out), "runtime.threads=1"])
+    rc = main(
+        [
+            "eval",
+            "--checkpoint",
+            str(smoke_checkpoint),
+            "--preset",
+            "smoke",
+            "--tasks",
+            "arc_easy,winogrande",
+            "--limit",
+            "6",
+            "--batch-size",
+            "4",
+            "--json",
+            str(out),
+            "runtime.threads=1",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     header = next(line for line in text.splitlines() if line.startswith("task"))
     assert header.split() == ["task", "metric", "score", "stderr", "n", "chance", "truncated"]
-    rows = {line.split()[0]: line.split() for line in text.splitlines()
-            if line.split() and line.split()[0] in ("arc_easy", "winogrande")}
+    rows = {
+        line.split()[0]: line.split()
+        for line in text.splitlines()
+        if line.split() and line.split()[0] in ("arc_easy", "winogrande")
+    }
     assert rows["arc_easy"][1] == "acc_norm" and rows["arc_easy"][4] == "6"
     assert rows["winogrande"][1] == "acc"
     results = json.loads(out.read_text())
@@ -55,8 +73,10 @@ def test_bad_inputs_end_in_one_clear_message(smoke_checkpoint, tmp_path, capsys)
     base = ["eval", "--preset", "smoke", "--tasks", "arc_easy", "--limit", "2"]
     assert "checkpoint folder not found" in _error(capsys, base + ["--checkpoint", str(tmp_path / "nope")])
     assert ".pte) not found" in _error(capsys, base + ["--pte", str(tmp_path / "model.pte")])
-    msg = _error(capsys, ["eval", "--preset", "smoke", "--checkpoint", str(smoke_checkpoint),
-                          "--tasks", "arc_easy,hellaswgg"])
+    msg = _error(
+        capsys,
+        ["eval", "--preset", "smoke", "--checkpoint", str(smoke_checkpoint), "--tasks", "arc_easy,hellaswgg"],
+    )
     assert "hellaswgg" in msg and "available offline" in msg and "winogrande" in msg
     assert "'all'" in _error(capsys, base + ["--checkpoint", str(smoke_checkpoint), "--limit", "lots"])
     assert "--checkpoint DIR or --pte FILE" in _error(capsys, ["eval", "--preset", "smoke"])
@@ -68,16 +88,28 @@ def test_tokenizer_model_mismatch_is_refused(smoke_checkpoint, tmp_path, capsys)
     texts = [f"sample text number {i} with some words in it" for i in range(200)]
     other = tmp_path / "other.json"
     train_tokenizer(texts, 300).save(str(other))
-    msg = _error(capsys, ["eval", "--preset", "smoke", "--checkpoint", str(smoke_checkpoint),
-                          "--tokenizer", str(other), "--tasks", "arc_easy"])
+    msg = _error(
+        capsys,
+        [
+            "eval",
+            "--preset",
+            "smoke",
+            "--checkpoint",
+            str(smoke_checkpoint),
+            "--tokenizer",
+            str(other),
+            "--tasks",
+            "arc_easy",
+        ],
+    )
     assert "not the tokenizer" in msg and "tokenizer_sha256" in msg
     # a checkpoint whose own tokenizer is bigger than the model's vocabulary
     bad = tmp_path / "ckpt"
     shutil.copytree(smoke_checkpoint, bad)
     big = train_tokenizer(texts * 3 + [f"w{i}x{i * 7}" for i in range(3000)], 700)
     big.save(str(bad / "tokenizer.json"))
-    from mobilemoe.eval.lm_model import MobileMoELM
     from mobilemoe.errors import UserError
+    from mobilemoe.eval.lm_model import MobileMoELM
 
     with pytest.raises(UserError, match="vocab_size"):
         MobileMoELM(checkpoint=str(bad), verify=False)
@@ -86,30 +118,55 @@ def test_tokenizer_model_mismatch_is_refused(smoke_checkpoint, tmp_path, capsys)
 def test_start_up_hook_registers_our_models_with_lm_eval():
     """What the stock `lm_eval` command sees: a fresh interpreter that imports lm-eval's
     registry gets our models without importing mobilemoe itself."""
-    code = ("import sys, lm_eval.api.registry as r\n"
-            "print(r.get_model('mobilemoe').__module__, r.get_model('mobilemoe-pte').__name__)\n")
+    code = (
+        "import sys, lm_eval.api.registry as r\n"
+        "print(r.get_model('mobilemoe').__module__, r.get_model('mobilemoe-pte').__name__)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["mobilemoe.eval.lm_model", "MobileMoEPteLM"]
 
 
-def test_stock_task_manager_indexes_our_offline_tasks_unless_turned_off():
-    """`lm_eval --tasks arc_easy` without --include_path: lm-eval's TaskManager (made with
-    no include_path) also indexes our offline folder, which takes precedence; an explicit
-    include_path is left alone; MOBILEMOE_LM_EVAL_OFFLINE_TASKS=0 turns it off."""
-    from mobilemoe.eval.suite import build_task_dir
+def test_stock_task_manager_finds_our_tasks_through_include_path(capsys):
+    """The start-up hook leaves lm-eval's TaskManager as it is (no include_path: none);
+    the stock command finds our offline tasks with ``--include_path "$(mobilemoe eval
+    --task-dir)"``, and they take precedence over lm-eval's tasks of the same names."""
+    assert main(["eval", "--task-dir"]) == 0
+    folder = capsys.readouterr().out.strip()
+    code = (
+        "import sys\n"
+        "from lm_eval.tasks import TaskManager\n"
+        "print(TaskManager(include_defaults=False).include_path)\n"
+        "print(TaskManager(include_path=sys.argv[1]).task_index['arc_easy'].yaml_path)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, folder], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    default, arc_easy = out.stdout.split()
+    assert default == "None"
+    assert Path(arc_easy) == Path(folder) / "official" / "arc_easy.yaml"
 
-    code = ("from lm_eval.tasks import TaskManager\n"
-            "print(TaskManager(include_defaults=False).include_path)\n"
-            "print(TaskManager(include_path='/x', include_defaults=False).include_path)\n")
-    env = {k: v for k, v in os.environ.items() if k != "MOBILEMOE_LM_EVAL_OFFLINE_TASKS"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env=env)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == [str(build_task_dir()), "/x"]
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env=dict(env, MOBILEMOE_LM_EVAL_OFFLINE_TASKS="0"))
-    assert out.stdout.split() == ["None", "/x"]
+
+def test_commands_check_task_names_before_any_work(tmp_path, capsys):
+    """Task names are checked by the preflight that every command runs after loading
+    params (config cannot know the suite): one error line naming the file and key, and
+    nothing written."""
+    out = tmp_path / "run"
+    rc = main(
+        [
+            "train",
+            "--stage",
+            "pretrain",
+            "--out",
+            str(out),
+            "--preset",
+            "smoke",
+            "eval.tasks=[piqa,hellaswag2]",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert "smoke.yaml: eval.tasks: unknown task(s) hellaswag2" in err
+    assert not out.exists()
 
 
 def test_task_dir_and_list_tasks(capsys):
@@ -123,13 +180,38 @@ def test_task_dir_and_list_tasks(capsys):
 
 @pytest.mark.slow
 def test_stock_lm_eval_command_runs_our_model_offline(smoke_checkpoint, tmp_path):
-    """`lm_eval --model mobilemoe` from another directory, exactly as a user types it (no
-    --include_path, no offline variables): our offline tasks are found by the start-up hook."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "MOBILEMOE_LM_EVAL_OFFLINE_TASKS")}
-    cmd = [str(VENV_BIN / "lm_eval"), "--model", "mobilemoe", "--model_args",
-           f"checkpoint={smoke_checkpoint},threads=1", "--device", "cpu", "--batch_size", "4",
-           "--tasks", "arc_easy,nq_open", "--limit", "4", "--output_path", str(tmp_path / "out")]
+    """`lm_eval --model mobilemoe --include_path "$(mobilemoe eval --task-dir)"` from another
+    directory, exactly as a user types it (no offline variables): the start-up hook
+    registers the model, the include path brings our offline tasks."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")}
+    task_dir = subprocess.run(
+        [str(VENV_BIN / "mobilemoe"), "eval", "--task-dir"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+        check=True,
+    ).stdout.strip()
+    cmd = [
+        str(VENV_BIN / "lm_eval"),
+        "--include_path",
+        task_dir,
+        "--model",
+        "mobilemoe",
+        "--model_args",
+        f"checkpoint={smoke_checkpoint},threads=1",
+        "--device",
+        "cpu",
+        "--batch_size",
+        "4",
+        "--tasks",
+        "arc_easy,nq_open",
+        "--limit",
+        "4",
+        "--output_path",
+        str(tmp_path / "out"),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     (result_file,) = list((tmp_path / "out").rglob("results_*.json"))

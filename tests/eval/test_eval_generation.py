@@ -21,7 +21,7 @@ def _no_cache_greedy(model, prompt, n):
     with torch.no_grad():
         for _ in range(n):
             seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
-    return seq[len(prompt):]
+    return seq[len(prompt) :]
 
 
 def test_kv_cache_generation_equals_plain_forward_argmax(smoke_lm):
@@ -40,7 +40,8 @@ def test_left_padded_batch_equals_each_prompt_alone(smoke_lm):
 
 def test_generate_until_stops_at_stop_sequence(smoke_lm, monkeypatch):
     free = smoke_lm.generate_until(
-        instances("generate_until", [(PROMPTS[2], {"until": [], "max_gen_toks": 24})]))[0]
+        instances("generate_until", [(PROMPTS[2], {"until": [], "max_gen_toks": 24})])
+    )[0]
     assert len(free) > 6
     stop = free[3:6]  # a string the model is known to produce greedily
     made = []
@@ -53,7 +54,8 @@ def test_generate_until_stops_at_stop_sequence(smoke_lm, monkeypatch):
 
     monkeypatch.setattr(smoke_lm, "_generate", counting)
     (cut,) = smoke_lm.generate_until(
-        instances("generate_until", [(PROMPTS[2], {"until": [stop], "max_gen_toks": 24})]))
+        instances("generate_until", [(PROMPTS[2], {"until": [stop], "max_gen_toks": 24})])
+    )
     assert cut == free.split(stop)[0] and stop not in cut
     assert made and made[0] < 24  # generation itself stopped early, not only the text
 
@@ -73,6 +75,6 @@ def test_generate_until_batched_equals_one_at_a_time(smoke_lm):
 
 def test_generation_budget_keeps_half_the_window_for_context(smoke_lm):
     W = smoke_lm.max_length
-    assert smoke_lm._gen_budget(10, 256) == (10, W - 10)        # short prompt: room to generate
+    assert smoke_lm._gen_budget(10, 256) == (10, W - 10)  # short prompt: room to generate
     assert smoke_lm._gen_budget(500, 256) == (W // 2, W - W // 2)  # long prompt: truncated, clamped
-    assert smoke_lm._gen_budget(500, 16) == (W - 16, 16)         # small budget: all the rest is context
+    assert smoke_lm._gen_budget(500, 16) == (W - 16, 16)  # small budget: all the rest is context

@@ -16,8 +16,17 @@ from mobilemoe.eval.runner import run_eval
 # with regex filters and with whitespace filters, loglikelihood (acc, perplexity), bpb.
 # (HellaSwag and TriviaQA are left out for time: their 10k/8k documents are listed by
 # lm-eval's few-shot sampler at every build; test_eval_suite covers their configs.)
-TASKS = ["arc_easy", "boolq", "winogrande", "commonsense_qa", "mmlu_anatomy", "gsm8k", "nq_open",
-         "lambada_openai", "humaneval_bpb"]
+TASKS = [
+    "arc_easy",
+    "boolq",
+    "winogrande",
+    "commonsense_qa",
+    "mmlu_anatomy",
+    "gsm8k",
+    "nq_open",
+    "lambada_openai",
+    "humaneval_bpb",
+]
 LIMIT = 8
 
 

@@ -12,8 +12,12 @@ from eval_helpers import instances
 
 pytest.importorskip("mobilemoe.export.runtime", reason="the ExecuTorch export module is not in this checkout")
 
-PAIRS = [("The capital of France is", " Paris"), ("Question: what is it?\nAnswer:", " a small thing"),
-         ("", "Hello there"), ("A man is sitting on a roof. He", " is ripping tiles off.")]
+PAIRS = [
+    ("The capital of France is", " Paris"),
+    ("Question: what is it?\nAnswer:", " a small thing"),
+    ("", "Hello there"),
+    ("A man is sitting on a roof. He", " is ripping tiles off."),
+]
 
 
 def _portable_program(checkpoint, out):
@@ -25,9 +29,12 @@ def _portable_program(checkpoint, out):
 
     src = load_source(checkpoint, "none")
     context = src.model.cfg.max_seq_len
-    edge = to_edge_transform_and_lower(export_program(src.model, context), partitioner=[],
-                                       constant_methods=program_metadata(src, context),
-                                       compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    edge = to_edge_transform_and_lower(
+        export_program(src.model, context),
+        partitioner=[],
+        constant_methods=program_metadata(src, context),
+        compile_config=EdgeCompileConfig(_check_ir_validity=False),
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "model.pte").write_bytes(to_executorch(edge).buffer)
     shutil.copyfile(checkpoint / "tokenizer.json", out / "tokenizer.json")
@@ -79,14 +86,17 @@ def test_pte_with_a_foreign_tokenizer_is_refused(smoke_pte, tmp_path):
 def test_qat_checkpoint_is_evaluated_as_its_converted_model(smoke_checkpoint, tmp_path, smoke_lm):
     from mobilemoe.checkpoint import load_checkpoint, save_checkpoint
     from mobilemoe.eval.lm_model import MobileMoELM
-    from mobilemoe.quant.experts import QuantizedExperts
     from mobilemoe.quant import load_for_inference
+    from mobilemoe.quant.experts import QuantizedExperts
 
     model, _ = load_checkpoint(smoke_checkpoint)
     qat = tmp_path / "qat"
-    save_checkpoint(qat, model, {"stage": "qat", "step": 1,
-                                 "qat": {"scheme": "8da4w", "group_size": 32, "quantize_embedding": True}},
-                    tokenizer=smoke_checkpoint / "tokenizer.json")
+    save_checkpoint(
+        qat,
+        model,
+        {"stage": "qat", "step": 1, "qat": {"scheme": "8da4w", "group_size": 32, "quantize_embedding": True}},
+        tokenizer=smoke_checkpoint / "tokenizer.json",
+    )
     lm = MobileMoELM(checkpoint=str(qat), batch_size=4, device="cpu")
     assert any(isinstance(m, QuantizedExperts) for m in lm.model.modules())  # converted
     got = lm.loglikelihood(instances("loglikelihood", PAIRS[:2]))
@@ -103,8 +113,9 @@ def test_qat_checkpoint_is_evaluated_as_its_converted_model(smoke_checkpoint, tm
 
 
 @pytest.mark.slow
-def test_int4_program_from_the_exporter_scores_like_its_qat_checkpoint(smoke_checkpoint, tmp_path,
-                                                                        smoke_params):
+def test_int4_program_from_the_exporter_scores_like_its_qat_checkpoint(
+    smoke_checkpoint, tmp_path, smoke_params
+):
     """The shipped path end to end: QAT checkpoint -> export_pte (XNNPACK, 8da4w) -> scored
     through the runtime, beside the converted checkpoint, plotted side by side."""
     from mobilemoe.checkpoint import load_checkpoint, save_checkpoint
@@ -114,16 +125,21 @@ def test_int4_program_from_the_exporter_scores_like_its_qat_checkpoint(smoke_che
 
     model, _ = load_checkpoint(smoke_checkpoint)
     qat = tmp_path / "qat"
-    save_checkpoint(qat, model, {"stage": "qat", "step": 1,
-                                 "qat": {"scheme": "8da4w", "group_size": 32, "quantize_embedding": True}},
-                    tokenizer=smoke_checkpoint / "tokenizer.json")
+    save_checkpoint(
+        qat,
+        model,
+        {"stage": "qat", "step": 1, "qat": {"scheme": "8da4w", "group_size": 32, "quantize_embedding": True}},
+        tokenizer=smoke_checkpoint / "tokenizer.json",
+    )
     export_pte(qat, tmp_path / "export", quantize="8da4w", parity=False)
     from mobilemoe.eval.lm_model import MobileMoELM, MobileMoEPteLM
 
     program = MobileMoEPteLM(pte=str(tmp_path / "export" / "model.pte"), threads=1)
     eager = MobileMoELM(checkpoint=str(qat), device="cpu")
-    for (a, _), (b, _) in zip(program.loglikelihood(instances("loglikelihood", PAIRS)),
-                              eager.loglikelihood(instances("loglikelihood", PAIRS))):
+    for (a, _), (b, _) in zip(
+        program.loglikelihood(instances("loglikelihood", PAIRS)),
+        eager.loglikelihood(instances("loglikelihood", PAIRS)),
+    ):
         assert a == a and abs(a - b) <= 0.05 * abs(b) + 0.5  # finite, near the converted model
     tasks = ["arc_easy", "piqa"]
     ckpt = run_eval(smoke_params, checkpoint=qat, tasks=tasks, limit=10)

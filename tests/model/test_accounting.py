@@ -1,4 +1,4 @@
-"""`mobilemoe arch`: counts from the meta-device model, checked against PAPER.md."""
+"""`mobilemoe arch`: counts from the meta-device model, checked against the paper (docs/paper.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from mobilemoe.config import load_preset
 from mobilemoe.model import build_model
 from mobilemoe.model.accounting import GIB, account
 
-# PAPER.md, "The family": active / total params and INT4 weight memory (GiB), with the
+# docs/paper.md#model-family: active / total params and INT4 weight memory (GiB), with the
 # tolerances the issue sets (S: 1% on params; M, L: 2%; INT4: 5%).
 PAPER = {
     "mobilemoe-s": (272.5e6, 1.263e9, 0.68, 0.01),
@@ -34,7 +34,7 @@ def test_paper_family_matches(name):
 
 def test_anchor_baselines():
     pro = account(load_preset("dense-mobilellm-pro").model)
-    assert pro.total_params == pytest.approx(1.08e9, rel=0.02)  # PAPER.md: ~1.08B
+    assert pro.total_params == pytest.approx(1.08e9, rel=0.02)  # docs/paper.md#baselines: ~1.08B
     assert pro.total_params == pro.active_params
     assert pro.int4_weight_bytes / GIB == pytest.approx(0.61 * 1e9 / GIB, rel=0.1)  # ~0.61 GB
     olmoe = account(load_preset("olmoe-1b-7b").model)
@@ -86,20 +86,39 @@ def test_sliding_window_caps_attention_flops():
 def test_arch_cli_json(capsys):
     assert main(["arch", "--preset", "mobilemoe-s", "--json", "--context", "4096"]) == 0
     out = json.loads(capsys.readouterr().out)
-    for key in ("total_params", "active_params", "flops_per_token", "int4_weight_bytes",
-                "bf16_weight_bytes", "kv_cache_bytes_per_token"):
+    for key in (
+        "total_params",
+        "active_params",
+        "flops_per_token",
+        "int4_weight_bytes",
+        "bf16_weight_bytes",
+        "kv_cache_bytes_per_token",
+    ):
         assert isinstance(out[key], int)
     assert out["context"] == 4096 and out["fits_memory_budget"] is True
 
 
 def test_arch_cli_errors_are_one_line():
-    proc = subprocess.run([sys.executable, "-m", "mobilemoe.cli", "arch", "--preset", "nope"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mobilemoe.cli", "arch", "--preset", "nope"], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: unknown preset 'nope'")
     assert "Traceback" not in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "mobilemoe.cli", "arch", "--preset", "tiny",
-                           "model.n_heads=3", "model.head_dim=null"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mobilemoe.cli",
+            "arch",
+            "--preset",
+            "tiny",
+            "model.n_heads=3",
+            "model.head_dim=null",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "model.n_heads" in proc.stderr
 
 
@@ -114,8 +133,9 @@ def test_decode_bytes_follow_the_chosen_experts():
     E, k, H, D = cfg.moe.n_routed_experts, cfg.moe.top_k, cfg.moe.expert_hidden, cfg.d_model
     per_expert = _int4_bytes(2 * H, D) + _int4_bytes(D, H)
     more_k = load_preset("tiny", [f"model.moe.top_k={k + 1}"]).model
-    assert decode_bytes(more_k, 128).active_weight_bytes - one_k.active_weight_bytes == \
-        cfg.n_layers * per_expert
+    assert (
+        decode_bytes(more_k, 128).active_weight_bytes - one_k.active_weight_bytes == cfg.n_layers * per_expert
+    )
     assert one_k.total_weight_bytes == account(cfg).int4_weight_bytes
     assert one_k.total_weight_bytes - one_k.active_weight_bytes > cfg.n_layers * (E - k - 1) * per_expert
     assert one_k.kv_bytes == 2 * cfg.n_layers * cfg.n_kv_heads * cfg.resolved_head_dim * 128 * 4

@@ -11,25 +11,58 @@ import torch.nn.functional as F
 from mobilemoe.config import load_preset
 from mobilemoe.config.model import ModelConfig, MoEConfig
 from mobilemoe.model import build_model
-from mobilemoe.model.moe import MoEFeedForward, Router, RoutedExperts, route
+from mobilemoe.model.moe import Router, route
 
 
 def small(**moe_kw) -> ModelConfig:
-    moe = dict(n_routed_experts=8, expert_hidden=32, top_k=2, n_shared_experts=1, shared_hidden=32,
-               route_scale=2.5, bias_update_rate=0.01)
+    moe = dict(
+        n_routed_experts=8,
+        expert_hidden=32,
+        top_k=2,
+        n_shared_experts=1,
+        shared_hidden=32,
+        route_scale=2.5,
+        bias_update_rate=0.01,
+    )
     moe.update(moe_kw)
-    return ModelConfig(name="t", vocab_size=300, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
-                       max_seq_len=64, moe=MoEConfig(**moe))
+    return ModelConfig(
+        name="t",
+        vocab_size=300,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        max_seq_len=64,
+        moe=MoEConfig(**moe),
+    )
 
 
 CONFIGS = {
     "moe-sigmoid": small(),
-    "moe-softmax": small(router="softmax", renormalize=False, route_scale=1.0, bias_update_rate=0.0,
-                         aux_loss_weight=0.01, z_loss_weight=0.001, n_shared_experts=0),
+    "moe-softmax": small(
+        router="softmax",
+        renormalize=False,
+        route_scale=1.0,
+        bias_update_rate=0.0,
+        aux_loss_weight=0.01,
+        z_loss_weight=0.001,
+        n_shared_experts=0,
+    ),
     "moe-first-dense": small(n_dense_layers=1),
-    "dense-sliding": ModelConfig(name="d", vocab_size=300, d_model=64, n_layers=4, n_heads=4,
-                                 n_kv_heads=1, max_seq_len=64, sliding_window=8, global_every=4,
-                                 tie_embeddings=False, ffn_hidden=96, moe=None),
+    "dense-sliding": ModelConfig(
+        name="d",
+        vocab_size=300,
+        d_model=64,
+        n_layers=4,
+        n_heads=4,
+        n_kv_heads=1,
+        max_seq_len=64,
+        sliding_window=8,
+        global_every=4,
+        tie_embeddings=False,
+        ffn_hidden=96,
+        moe=None,
+    ),
 }
 
 
@@ -69,7 +102,7 @@ def test_kv_cache_decode_equals_full_forward(name, seed):
         model.setup_cache(1, 64)
         chunks = [model(x[:, :17], torch.arange(17))]
         for t in range(17, 40):
-            chunks.append(model(x[:, t:t + 1], torch.tensor([t])))
+            chunks.append(model(x[:, t : t + 1], torch.tensor([t])))
         assert torch.allclose(torch.cat(chunks, 1), full, atol=1e-5)
         # A new prompt from position 0 overwrites the cache: no reset needed.
         x2 = torch.randint(6, 300, (1, 12))
@@ -91,14 +124,21 @@ def test_padding_mask_matches_unpadded(seed):
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-@pytest.mark.parametrize("block", [4, 1000])  # query blocks of packed rows, or one block
+@pytest.mark.parametrize("block", [4, 1000, None])  # eval's query blocks, one block, plain SDPA
 def test_packed_prefix_tree_row_equals_separate_forwards(name, block, seed, monkeypatch):
     """Three sequences in one row as a prefix tree (b shares a's first 20 tokens; c is a
     separate tree), at per-token positions with an ancestor mask, plus a padded row: each
-    token gets the output of its own sequence's plain causal forward."""
-    import mobilemoe.model.transformer as transformer
+    token gets the output of its own sequence's plain causal forward, through the model's
+    own masked attention and through evaluation's query-block attention."""
+    import mobilemoe.eval.forward as eval_forward
 
-    monkeypatch.setattr(transformer, "PACKED_QUERY_BLOCK", block)
+    if block is None:
+
+        def forward(model, tokens, positions, mask):
+            return model(tokens, positions=positions, attn_mask=mask)
+    else:
+        monkeypatch.setattr(eval_forward, "PACKED_QUERY_BLOCK", block)
+        forward = eval_forward.packed_forward
     model = build_model(CONFIGS[name]).eval()
     a = torch.randint(6, 300, (30,))
     b = torch.cat([a[:20], torch.randint(6, 300, (9,))])
@@ -111,25 +151,25 @@ def test_packed_prefix_tree_row_equals_separate_forwards(name, block, seed, monk
     positions[0, :51] = torch.cat([torch.arange(30), torch.arange(20, 29), torch.arange(12)])
     positions[1, :12] = torch.arange(12)
     mask = torch.eye(T, dtype=torch.bool).repeat(2, 1, 1)
-    mask[0, :30, :30] = torch.ones(30, 30).tril().bool()                      # a: causal
-    mask[0, 30:39, :20] = True                                                # b: a's prefix ...
-    mask[0, 30:39, 30:39] = torch.ones(9, 9).tril().bool()                    # ... then its own
-    mask[0, 39:51, 39:51] = torch.ones(12, 12).tril().bool()                  # c: its own tree
+    mask[0, :30, :30] = torch.ones(30, 30).tril().bool()  # a: causal
+    mask[0, 30:39, :20] = True  # b: a's prefix ...
+    mask[0, 30:39, 30:39] = torch.ones(9, 9).tril().bool()  # ... then its own
+    mask[0, 39:51, 39:51] = torch.ones(12, 12).tril().bool()  # c: its own tree
     mask[1, :12, :12] = torch.ones(12, 12).tril().bool()
     with torch.no_grad():
-        out = model(tokens, positions=positions, attn_mask=mask)
+        out = forward(model, tokens, positions, mask)
         ref_a, ref_b, ref_c = (model(s.unsqueeze(0))[0] for s in (a, b, c))
     assert torch.allclose(out[0, :30], ref_a, atol=1e-5)
     assert torch.allclose(out[0, 30:39], ref_b[20:], atol=1e-5)
     assert torch.allclose(out[0, 39:51], ref_c, atol=1e-5)
     assert torch.allclose(out[1, :12], ref_c, atol=1e-5)
     assert torch.isfinite(out).all()  # padding rows attend to themselves only
-    # A mask with keys above the diagonal (c packed BEFORE a here) takes the unblocked path.
+    # A mask with keys above the diagonal (c packed BEFORE a here) runs without blocks.
     mask2 = mask[:1].clone()
     perm = torch.cat([torch.arange(39, 51), torch.arange(0, 39), torch.arange(51, T)])
     mask2 = mask2[:, perm][:, :, perm]
     with torch.no_grad():
-        out2 = model(tokens[:1, perm], positions=positions[:1, perm], attn_mask=mask2)
+        out2 = forward(model, tokens[:1, perm], positions[:1, perm], mask2)
     assert torch.allclose(out2[0, :12], ref_c, atol=1e-5)
     assert torch.allclose(out2[0, 12:42], ref_a, atol=1e-5)
 
@@ -142,10 +182,12 @@ def test_packed_rows_reject_mismatched_inputs(seed):
         model(x, positions=pos, attn_mask=torch.ones(1, 5, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="both positions and attn_mask"):
         model(x, positions=pos)
+    with pytest.raises(ValueError, match="attend applies to packed rows"):
+        model(x, attend=lambda *a, **k: None)
 
 
 def _reference_routing(cfg: MoEConfig, weight, bias, x):
-    """Plain per-token routing (no batching tricks), as PAPER.md describes it."""
+    """Plain per-token routing (no batching tricks), as docs/paper.md#routing describes it."""
     out_idx, out_w = [], []
     for t in range(x.shape[0]):
         logits = [float(weight[e].detach() @ x[t].double()) for e in range(cfg.n_routed_experts)]
@@ -256,8 +298,9 @@ def test_routed_experts_equal_the_naive_sum_and_the_kernel_op(seed):
         routing = layer.router(h)
         got = layer.experts(h, routing)
         naive = _naive_experts(layer.experts, h, routing)
-        kernel = torch.ops.mmoe.moe_ffn_f32(h, routing.topk_idx_TK, routing.topk_weight_TK,
-                                            layer.experts.w13, layer.experts.w2)
+        kernel = torch.ops.mmoe.moe_ffn_f32(
+            h, routing.topk_idx_TK, routing.topk_weight_TK, layer.experts.w13, layer.experts.w2
+        )
     assert (got - naive).abs().max().item() < 1e-5
     assert (got - kernel).abs().max().item() < 1e-5
 

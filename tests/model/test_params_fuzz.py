@@ -8,7 +8,8 @@ import shutil
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mobilemoe.cli import main
 from mobilemoe.config import ConfigError, load_params, preset_path, project_root
@@ -25,9 +26,15 @@ def _leaves(d, prefix=()):
 
 
 LEAVES = sorted(_leaves(TINY))
-VALUES = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats()
-          | st.text(max_size=12) | st.lists(st.integers(-5, 5), max_size=3)
-          | st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
+VALUES = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()
+    | st.text(max_size=12)
+    | st.lists(st.integers(-5, 5), max_size=3)
+    | st.dictionaries(st.text(max_size=5), st.integers(), max_size=2)
+)
 
 
 def _load(tmp_path, text: str):
@@ -84,8 +91,9 @@ def project(tmp_path, monkeypatch):
     return root
 
 
-@pytest.mark.parametrize("arg", ["../params", "../presets/tiny", "/etc/passwd", "presets/tiny",
-                                 "tiny.yaml", "", "nope"])
+@pytest.mark.parametrize(
+    "arg", ["../params", "../presets/tiny", "/etc/passwd", "presets/tiny", "tiny.yaml", "", "nope"]
+)
 def test_use_preset_takes_only_names_and_never_touches_params_on_failure(project, arg, capsys):
     before = (project / "params.yaml").read_bytes()
     rc = main(["use-preset", arg])

@@ -20,8 +20,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "mobilemoe-test-secret-7f3a9c"  # planted in the environment; must never be recorded
-STAGES = ["curate", "pretrain", "midtrain", "sft", "qat", "export", "eval", "device_profile",
-          "dense_baseline"]
+STAGES = [
+    "curate",
+    "pretrain",
+    "midtrain",
+    "sft",
+    "qat",
+    "export",
+    "eval",
+    "device_profile",
+    "dense_baseline",
+]
 
 
 def _project_helpers():
@@ -64,8 +73,13 @@ def project(tmp_path_factory):
 def _run(root: Path, **top_level):
     from metaflow import Runner
 
-    with Runner(str(root / "flows" / "full_repro.py"), show_output=False, env=dict(os.environ), cwd=str(root),
-                **top_level).run() as running:
+    with Runner(
+        str(root / "flows" / "full_repro.py"),
+        show_output=False,
+        env=dict(os.environ),
+        cwd=str(root),
+        **top_level,
+    ).run() as running:
         return running.status, running.run, running.stdout, running.stderr
 
 
@@ -125,8 +139,10 @@ def test_every_step_ran_with_cards_and_the_pte_exists(first_run, project):
     # the dense-active baseline was exported and profiled the same way
     dense = end.dense["profile"]
     assert dense["result"]["status"] == "ok" and dense["summary"]["device_decode_tok_per_s"] > 0
-    assert (end.profile["summary"]["device_active_weight_bytes_per_token"]
-            < end.profile["summary"]["device_total_weight_bytes"])
+    assert (
+        end.profile["summary"]["device_active_weight_bytes_per_token"]
+        < end.profile["summary"]["device_total_weight_bytes"]
+    )
 
 
 def test_mlflow_lineage_links_every_stage_and_the_pte(first_run, project, capsys):
@@ -139,8 +155,9 @@ def test_mlflow_lineage_links_every_stage_and_the_pte(first_run, project, capsys
     tracker, runs = _children(root, end.ctx.pipeline_run_id)
     assert set(runs) == set(STAGES) | {"dense_profile"}
     assert runs["dense_profile"].info.status == "FINISHED"
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                            text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True
+    ).stdout.strip()
     for stage in ("pretrain", "midtrain", "sft", "qat", "export"):
         tags = runs[stage].data.tags
         assert tags[L.GIT_COMMIT] == commit
@@ -155,18 +172,25 @@ def test_mlflow_lineage_links_every_stage_and_the_pte(first_run, project, capsys
     # the .pte: a LoggedModel made by the export run, with the device profile as its metrics
     pte_sha = sha256_file(end.exported["pte"])
     models = tracker.client.search_logged_models(
-        experiment_ids=[tracker.experiment_id], filter_string=f"tags.`{L.PTE_SHA256}` = '{pte_sha}'")
+        experiment_ids=[tracker.experiment_id], filter_string=f"tags.`{L.PTE_SHA256}` = '{pte_sha}'"
+    )
     assert len(models) == 1
     model = models[0]
     assert model.source_run_id == runs["export"].info.run_id
     assert model.tags[L.INPUT_RUN_ID] == runs["qat"].info.run_id  # linked to the QAT run
     assert model.params["quantization.group_size"] == "32"
     keys = {m.key for m in model.metrics}
-    assert {"device_decode_tok_per_s", "device_active_weight_bytes_per_token",
-            "device_total_weight_bytes", "device_decode_bandwidth_gb_s"} <= keys
+    assert {
+        "device_decode_tok_per_s",
+        "device_active_weight_bytes_per_token",
+        "device_total_weight_bytes",
+        "device_decode_bandwidth_gb_s",
+    } <= keys
     # and the command walks back from the phone's program to the first stage
     capsys.readouterr()
-    assert main(["lineage", "--pte", end.exported["pte"], "--json", "--params", str(root / "params.yaml")]) == 0
+    assert (
+        main(["lineage", "--pte", end.exported["pte"], "--json", "--params", str(root / "params.yaml")]) == 0
+    )
     chain = json.loads(capsys.readouterr().out)
     assert [n["stage"] for n in chain] == ["export", "qat", "sft", "midtrain", "pretrain"]
 
@@ -187,13 +211,23 @@ def test_param_edit_redoes_only_the_affected_stage(first_run, project):
 
     root, helpers = project
     helpers.set_param(root, "eval.limit", 5)
+    # a setting the trainer resumes across: pretrain (and the dense baseline) stay reused
+    helpers.set_param(root, "pretrain.eval_every", 3)
     status, run, out, err = _run(root)
     assert status == "successful", err[-4000:]
     end = run["end"].task.data
     _, runs = _children(root, end.ctx.pipeline_run_id)
     reused = {s for s, r in runs.items() if L.REUSED_FROM_RUN in r.data.tags}
-    assert reused == {"pretrain", "midtrain", "sft", "qat", "export", "device_profile", "dense_baseline",
-                      "dense_profile"}
+    assert reused == {
+        "pretrain",
+        "midtrain",
+        "sft",
+        "qat",
+        "export",
+        "device_profile",
+        "dense_baseline",
+        "dense_profile",
+    }
     first = first_run["end"].task.data
     assert end.qat_model["checkpoint_sha256"] == first.qat_model["checkpoint_sha256"]
     assert runs["qat"].data.tags[L.REUSED_FROM_RUN] == first.qat_model["run_id"]

@@ -40,9 +40,14 @@ def test_walk_back_through_stages(tracker, tmp_path, capsys, monkeypatch):
     prev = None
     ids = {}
     for i, stage in enumerate(["pretrain", "midtrain", "sft", "qat"]):
-        tags = {L.STAGE: stage, L.CHECKPOINT_SHA256: f"sha{i}", L.INPUT_RUN_ID: prev,
-                L.INPUT_CHECKPOINT_SHA256: f"sha{i - 1}" if i else None, L.GIT_COMMIT: "c0ffee",
-                **L.data_version_tags(data)}
+        tags = {
+            L.STAGE: stage,
+            L.CHECKPOINT_SHA256: f"sha{i}",
+            L.INPUT_RUN_ID: prev,
+            L.INPUT_CHECKPOINT_SHA256: f"sha{i - 1}" if i else None,
+            L.GIT_COMMIT: "c0ffee",
+            **L.data_version_tags(data),
+        }
         prev = tracker.start_run(stage, tags, parent_run_id=parent)
         tracker.log_params(prev, {f"{stage}.lr": 0.001 * (i + 1)})
         ids[stage] = prev
@@ -57,9 +62,9 @@ def test_walk_back_through_stages(tracker, tmp_path, capsys, monkeypatch):
     kids = tracker.find_runs({"mlflow.parentRunId": parent})
     assert len(kids) == 4
     # the CLI prints the same chain
-    from mobilemoe.config.base import to_dict
-
     import yaml
+
+    from mobilemoe.config.base import to_dict
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(to_dict(load_preset_from_repo())))
     assert main(["lineage", "--run", ids["qat"], "--params", str(tmp_path / "params.yaml"), "--json"]) == 0
@@ -84,6 +89,6 @@ def test_code_version_changes_with_sources(tmp_path):
 
 
 def test_tag_names_are_documented():
-    text = (L.project_root() / "README.md").read_text()
+    text = (L.project_root() / "docs" / "lineage.md").read_text()
     missing = [t for t in L.ALL_TAGS if t not in text]
-    assert not missing, f"README does not document {missing}"
+    assert not missing, f"docs/lineage.md does not document {missing}"

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from mobilemoe import lineage as L, liveness
+from mobilemoe import lineage as L
+from mobilemoe import liveness
 
 
 @pytest.fixture
@@ -48,8 +49,13 @@ def test_only_runs_of_dead_owners_are_killed(tracker):
     tracker.start_run("next run", {})  # the first run a process opens checks first
 
     status = {k: tracker.client.get_run(v).info.status for k, v in ids.items()}
-    assert status == {"dead-here": "KILLED", "alive-here": "RUNNING", "teammate": "RUNNING",
-                      "stale": "KILLED", "untagged": "RUNNING"}
+    assert status == {
+        "dead-here": "KILLED",
+        "alive-here": "RUNNING",
+        "teammate": "RUNNING",
+        "stale": "KILLED",
+        "untagged": "RUNNING",
+    }
     assert tracker.client.get_run(finished).info.status == "FINISHED"
     reason = tracker.client.get_run(ids["dead-here"]).data.tags[L.KILLED_REASON]
     assert "is gone" in reason
@@ -64,12 +70,15 @@ def test_every_run_records_its_owner(tracker, monkeypatch):
 
 
 def test_a_run_killed_with_sigkill_is_closed_by_the_next(tracker, tmp_path):
-    code = ("import sys, time\nfrom mobilemoe.lineage import Tracker\n"
-            "t = Tracker(root=sys.argv[1])\nprint(t.start_run('victim', {}), flush=True)\n"
-            "time.sleep(600)\n")
+    code = (
+        "import sys, time\nfrom mobilemoe.lineage import Tracker\n"
+        "t = Tracker(root=sys.argv[1])\nprint(t.start_run('victim', {}), flush=True)\n"
+        "time.sleep(600)\n"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MOBILEMOE_OWNER_PID")}
-    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
-                             text=True, env=env)
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env
+    )
     try:
         victim = child.stdout.readline().strip()
         assert tracker.client.get_run(victim).info.status == "RUNNING"

@@ -15,8 +15,14 @@ from mobilemoe.checkpoint import CheckpointError, save_checkpoint
 from mobilemoe.config import load_preset
 from mobilemoe.model import build_model
 from mobilemoe.model.moe import MoEFeedForward, RoutedExperts
-from mobilemoe.quant import (QuantizationError, convert_qat, is_qat_prepared, load_for_inference,
-                             prepare_qat, qat_spec)
+from mobilemoe.quant import (
+    QuantizationError,
+    convert_qat,
+    is_qat_prepared,
+    load_for_inference,
+    prepare_qat,
+    qat_spec,
+)
 from mobilemoe.quant.experts import QuantizedExperts
 from mobilemoe.quant.qat import QATSpec
 
@@ -155,8 +161,13 @@ def test_qat_steps_train_the_float_weights_through_fake_quant(params, trained_qa
     after = dict(model.named_parameters())
     moved = {n: (after[n] - p).abs().max().item() for n, p in before.named_parameters()}
     # Every kind of weight moved: experts, attention, embedding, router.
-    for name in ("layers.0.ffn.experts.w13", "layers.0.ffn.experts.w2", "layers.0.attn.wq.weight",
-                 "tok_embeddings.weight", "layers.0.ffn.router.weight"):
+    for name in (
+        "layers.0.ffn.experts.w13",
+        "layers.0.ffn.experts.w2",
+        "layers.0.attn.wq.weight",
+        "tok_embeddings.weight",
+        "layers.0.ffn.router.weight",
+    ):
         assert moved[name] > 1e-4, name
     # Gradients reach the float weights through the fake quantizers (straight-through).
     model.train()
@@ -183,8 +194,9 @@ def test_tied_embedding_and_lm_head_see_the_same_int4_values(params, trained_qat
 
 def test_checkpoint_reloads_into_the_same_converted_model(params, trained_qat, tmp_path, tokenizer_file):
     model, _ = trained_qat
-    save_checkpoint(tmp_path / "qat", model, {"stage": "qat", "step": 3, "qat": QAT_META},
-                    tokenizer=tokenizer_file)
+    save_checkpoint(
+        tmp_path / "qat", model, {"stage": "qat", "step": 3, "qat": QAT_META}, tokenizer=tokenizer_file
+    )
     a, cfg = load_for_inference(tmp_path / "qat")
     b, _ = load_for_inference(tmp_path / "qat")
     assert cfg["stage"] == "qat" and isinstance(a.layers[0].ffn.experts, QuantizedExperts)
@@ -218,11 +230,13 @@ def test_bad_qat_settings_are_named(params, tmp_path, tokenizer_file):
         prepare_qat(build_model(params.model), {"scheme": "8da4w", "group_size": 16})
     import dataclasses
 
-    odd = dataclasses.replace(params.model, moe=dataclasses.replace(
-        params.model.moe, expert_hidden=40, n_shared_experts=0))
+    odd = dataclasses.replace(
+        params.model, moe=dataclasses.replace(params.model.moe, expert_hidden=40, n_shared_experts=0)
+    )
     with pytest.raises(QuantizationError, match=r"expert hidden 40 must be multiples of 32"):
         prepare_qat(build_model(odd), QATSpec())
-    save_checkpoint(tmp_path / "bad", model, {"stage": "qat", "qat": {"scheme": "fp8"}},
-                    tokenizer=tokenizer_file)
+    save_checkpoint(
+        tmp_path / "bad", model, {"stage": "qat", "qat": {"scheme": "fp8"}}, tokenizer=tokenizer_file
+    )
     with pytest.raises(CheckpointError, match=r"config.json: qat.scheme: 'fp8'"):
         load_for_inference(tmp_path / "bad")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from train_helpers import _topics, write_sft_shards, write_text_shards
 
 
@@ -17,7 +16,7 @@ def data_root(tmp_path_factory, tokenizer_file) -> Path:
     root = tmp_path_factory.mktemp("data")
     texts = [t for _, t in _topics()]
     write_text_shards(root / "shards" / "pretrain", tokenizer_file, texts[: len(texts) * 3 // 4])
-    write_text_shards(root / "shards" / "midtrain", tokenizer_file, texts[len(texts) // 2:])
+    write_text_shards(root / "shards" / "midtrain", tokenizer_file, texts[len(texts) // 2 :])
     write_sft_shards(root / "shards" / "sft", tokenizer_file)
     shutil.copyfile(tokenizer_file, root / "tokenizer.json")
     return root
@@ -26,9 +25,9 @@ def data_root(tmp_path_factory, tokenizer_file) -> Path:
 @pytest.fixture(scope="session")
 def pretrained(tmp_path_factory, data_root):
     """One uninterrupted short pretrain run (the reference for resume tests)."""
-    from mobilemoe.train import run_stage
     from train_helpers import PRETRAIN, smoke_params
 
+    from mobilemoe.train import run_stage
+
     out = tmp_path_factory.mktemp("runs") / "pretrain"
-    return run_stage(smoke_params(*PRETRAIN), "pretrain", data_dir=data_root, out_dir=out,
-                     progress=False)
+    return run_stage(smoke_params(*PRETRAIN), "pretrain", data_dir=data_root, out_dir=out, progress=False)

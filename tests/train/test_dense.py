@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from train_helpers import PRETRAIN, smoke_params
 
 from mobilemoe.checkpoint import read_config
 from mobilemoe.errors import UserError
 from mobilemoe.model.accounting import account
 from mobilemoe.train.dense import compare_with_dense, dense_counterpart
-from train_helpers import PRETRAIN, smoke_params
 
 
 def test_dense_counterpart_has_the_same_active_parameters():

@@ -70,6 +70,5 @@ def test_validation_windows_are_fixed_and_cover_the_split(split):
     off = fixed_windows(split.val, 8, 16)
     assert off[0] == 0 and off[-1] == len(split.val) - 17
     assert np.array_equal(off, fixed_windows(split.val, 8, 16))
-    got = torch.cat([mb.inputs for r in range(2)
-                     for mb in eval_batches(split.val, off, 16, 3, r, 2, "cpu")])
+    got = torch.cat([mb.inputs for r in range(2) for mb in eval_batches(split.val, off, 16, 3, r, 2, "cpu")])
     assert got.shape == (8, 16)  # two ranks together see every window once

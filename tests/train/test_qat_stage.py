@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from train_helpers import same_weights, smoke_params
 
 from mobilemoe.checkpoint import load_checkpoint, read_config
 from mobilemoe.quant import convert_qat, is_qat_prepared, prepare_qat
 from mobilemoe.train import run_stage
-from train_helpers import same_weights, smoke_params
 
 QAT = ("qat.steps=6", "qat.eval_every=3", "qat.checkpoint_every=3", "qat.log_every=1")
 
@@ -25,8 +25,15 @@ def test_qat_trains_fake_quantized_and_records_the_format(pretrained, data_root,
             seen["tied"] = trainer.model.output.weight is trainer.model.tok_embeddings.weight
 
     p = smoke_params(*QAT)
-    r = run_stage(p, "qat", data_dir=data_root, out_dir=tmp_path / "qat",
-                  init_checkpoint=pretrained.checkpoint, callbacks=[Spy()], progress=False)
+    r = run_stage(
+        p,
+        "qat",
+        data_dir=data_root,
+        out_dir=tmp_path / "qat",
+        init_checkpoint=pretrained.checkpoint,
+        callbacks=[Spy()],
+        progress=False,
+    )
     assert seen == {"fake_quantized": True, "tied": True}
     cfg = read_config(r.checkpoint)
     assert cfg["stage"] == "qat"
@@ -35,16 +42,23 @@ def test_qat_trains_fake_quantized_and_records_the_format(pretrained, data_root,
     # The QAT steps changed the weights, and the checkpoint loads as the plain model.
     model, _ = load_checkpoint(r.checkpoint, expect_model=p.model)
     before, _ = load_checkpoint(pretrained.checkpoint)
-    delta = max((a - b).abs().max().item() for a, b in zip(model.state_dict().values(),
-                                                           before.state_dict().values()))
+    delta = max(
+        (a - b).abs().max().item() for a, b in zip(model.state_dict().values(), before.state_dict().values())
+    )
     assert delta > 1e-4
     assert r.val_curve[-1][1] < r.val_curve[0][1] + 0.05  # fake quantization does not wreck it
 
 
 def test_qat_resume_reapplies_fake_quantization(pretrained, data_root, tmp_path):
     p = smoke_params(*QAT)
-    ref = run_stage(p, "qat", data_dir=data_root, out_dir=tmp_path / "ref",
-                    init_checkpoint=pretrained.checkpoint, progress=False)
+    ref = run_stage(
+        p,
+        "qat",
+        data_dir=data_root,
+        out_dir=tmp_path / "ref",
+        init_checkpoint=pretrained.checkpoint,
+        progress=False,
+    )
 
     class StopAt4:
         def on_step_end(self, trainer):
@@ -52,10 +66,23 @@ def test_qat_resume_reapplies_fake_quantization(pretrained, data_root, tmp_path)
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_stage(p, "qat", data_dir=data_root, out_dir=tmp_path / "cut",
-                  init_checkpoint=pretrained.checkpoint, callbacks=[StopAt4()], progress=False)
-    resumed = run_stage(p, "qat", data_dir=data_root, out_dir=tmp_path / "cut",
-                        init_checkpoint=pretrained.checkpoint, progress=False)
+        run_stage(
+            p,
+            "qat",
+            data_dir=data_root,
+            out_dir=tmp_path / "cut",
+            init_checkpoint=pretrained.checkpoint,
+            callbacks=[StopAt4()],
+            progress=False,
+        )
+    resumed = run_stage(
+        p,
+        "qat",
+        data_dir=data_root,
+        out_dir=tmp_path / "cut",
+        init_checkpoint=pretrained.checkpoint,
+        progress=False,
+    )
     assert resumed.resumed_from_step == 3
     assert same_weights(resumed.checkpoint, ref.checkpoint)
 
@@ -64,8 +91,14 @@ def test_converted_model_computes_what_qat_trained(pretrained, data_root, tmp_pa
     import copy
 
     p = smoke_params(*QAT)
-    r = run_stage(p, "qat", data_dir=data_root, out_dir=tmp_path / "qat",
-                  init_checkpoint=pretrained.checkpoint, progress=False)
+    r = run_stage(
+        p,
+        "qat",
+        data_dir=data_root,
+        out_dir=tmp_path / "qat",
+        init_checkpoint=pretrained.checkpoint,
+        progress=False,
+    )
     plain, _ = load_checkpoint(r.checkpoint)
     qat_model = prepare_qat(copy.deepcopy(plain), p.qat).eval()
     converted = convert_qat(copy.deepcopy(qat_model), p.qat)

@@ -11,10 +11,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from train_helpers import PRETRAIN, same_weights, smoke_params
 
 from mobilemoe.train import run_stage
 from mobilemoe.train.checkpointing import CheckpointWarning
-from train_helpers import PRETRAIN, same_weights, smoke_params
 
 HERE = Path(__file__).resolve().parent
 
@@ -60,8 +60,7 @@ def test_sigkill_mid_stage_then_rerun_matches_uninterrupted(pretrained, data_roo
     assert not (out / "final").exists()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_000004"]
 
-    resumed = run_stage(smoke_params(*PRETRAIN), "pretrain", data_dir=data_root, out_dir=out,
-                        progress=False)
+    resumed = run_stage(smoke_params(*PRETRAIN), "pretrain", data_dir=data_root, out_dir=out, progress=False)
     assert resumed.resumed_from_step == 4
     assert same_weights(resumed.checkpoint, pretrained.checkpoint)  # bit-identical
     assert resumed.train_curve == pretrained.train_curve
@@ -81,8 +80,9 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(pretrained, data_root,
     (out / "checkpoints" / ".step_000016.tmp-abc").mkdir()
 
     with pytest.warns(CheckpointWarning, match="step_000012.*truncated"):
-        resumed = run_stage(smoke_params(*PRETRAIN), "pretrain", data_dir=data_root, out_dir=out,
-                            progress=False)
+        resumed = run_stage(
+            smoke_params(*PRETRAIN), "pretrain", data_dir=data_root, out_dir=out, progress=False
+        )
     assert resumed.resumed_from_step == 8
     assert same_weights(resumed.checkpoint, pretrained.checkpoint)
     moved = list((out / "checkpoints" / "corrupt").iterdir())
@@ -98,9 +98,19 @@ def test_resume_refuses_a_different_configuration(pretrained, data_root, tmp_pat
     out = tmp_path / "other"
     shutil.copytree(pretrained.out_dir / "checkpoints", out / "checkpoints")
     with pytest.raises(UserError, match=r"different configuration \(train.lr"):
-        run_stage(smoke_params(*PRETRAIN, "pretrain.lr=0.001"), "pretrain", data_dir=data_root,
-                  out_dir=out, progress=False)
+        run_stage(
+            smoke_params(*PRETRAIN, "pretrain.lr=0.001"),
+            "pretrain",
+            data_dir=data_root,
+            out_dir=out,
+            progress=False,
+        )
     # Performance-only settings may change on resume (e.g. logging cadence).
-    r = run_stage(smoke_params(*PRETRAIN, "pretrain.log_every=3"), "pretrain", data_dir=data_root,
-                  out_dir=out, progress=False)
+    r = run_stage(
+        smoke_params(*PRETRAIN, "pretrain.log_every=3"),
+        "pretrain",
+        data_dir=data_root,
+        out_dir=out,
+        progress=False,
+    )
     assert r.resumed_from_step == 12

@@ -59,15 +59,25 @@ def test_no_decay_groups_hold_norms_biases_and_the_embedding():
     from mobilemoe.config.model import ModelConfig, MoEConfig
     from mobilemoe.model import build_model
 
-    m = build_model(ModelConfig(vocab_size=300, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1,
-                                max_seq_len=16, moe=MoEConfig(n_routed_experts=4, expert_hidden=16,
-                                                              shared_hidden=32)))
+    m = build_model(
+        ModelConfig(
+            vocab_size=300,
+            d_model=32,
+            n_layers=2,
+            n_heads=2,
+            n_kv_heads=1,
+            max_seq_len=16,
+            moe=MoEConfig(n_routed_experts=4, expert_hidden=16, shared_hidden=32),
+        )
+    )
     decay, no_decay = param_groups(m, 0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert "tok_embeddings.weight" in no_decay["names"]
     assert "output.weight" not in decay["names"] + no_decay["names"]  # tied: counted once
     assert all("norm" in n for n in no_decay["names"] if n != "tok_embeddings.weight")
-    assert {"layers.0.ffn.experts.w13", "layers.0.ffn.router.weight", "layers.1.attn.wq.weight"} <= set(decay["names"])
+    assert {"layers.0.ffn.experts.w13", "layers.0.ffn.router.weight", "layers.1.attn.wq.weight"} <= set(
+        decay["names"]
+    )
     # Every trainable tensor is in exactly one group.
     ids = [id(p) for g in (decay, no_decay) for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in m.parameters()) and len(set(ids)) == len(ids)

@@ -6,18 +6,25 @@ import math
 
 import pytest
 import torch
+from train_helpers import smoke_params
 
 from mobilemoe.model.accounting import account
 from mobilemoe.train.callbacks import load_stats
 from mobilemoe.train.speed import cpu_matmul_ceiling, gpu_peak, training_flops_per_token
-from train_helpers import smoke_params
 
 
-@pytest.mark.parametrize("name, peak", [
-    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989e12),
-    ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA A10G", 70e12), ("NVIDIA A10", 125e12),
-    ("NVIDIA L4", 121e12),
-])
+@pytest.mark.parametrize(
+    "name, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("NVIDIA A10G", 70e12),
+        ("NVIDIA A10", 125e12),
+        ("NVIDIA L4", 121e12),
+    ],
+)
 def test_gpu_peak_table(name, peak):
     assert gpu_peak(name).flop_per_s == peak
 

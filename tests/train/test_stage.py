@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
+from train_helpers import PRETRAIN, smoke_params
 
 from mobilemoe.checkpoint import load_checkpoint, read_config, sha256_file, verify
 from mobilemoe.data.shards import TokenShards
 from mobilemoe.train import run_stage
 from mobilemoe.train.loop import masked_ce_sum
-from train_helpers import PRETRAIN, smoke_params
 
 
 def test_pretrain_learns_and_reports(pretrained, data_root):
@@ -39,8 +39,13 @@ def test_pretrain_checkpoints_and_final_folder(pretrained, data_root, tokenizer_
     assert steps == ["step_000008", "step_000012"]  # keep_checkpoints=2 pruned step 4
     ck = out / "checkpoints" / "step_000012"
     files = set(verify(ck)["files"])
-    assert files == {"model.safetensors", "config.json", "tokenizer.json", "optimizer.pt",
-                     "trainer_state.json"}
+    assert files == {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "optimizer.pt",
+        "trainer_state.json",
+    }
     cfg = read_config(pretrained.checkpoint)
     assert cfg["stage"] == "pretrain" and cfg["step"] == 12 and cfg["qat"] is None
     assert cfg["init_checkpoint_sha256"] is None
@@ -54,8 +59,7 @@ def test_pretrain_checkpoints_and_final_folder(pretrained, data_root, tokenizer_
     assert [r["step"] for r in rows if r["kind"] == "val"] == [0, 4, 8, 12]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [2, 4, 6, 8, 10, 12]
     # A finished stage is not trained again.
-    again = run_stage(smoke_params(*PRETRAIN), "pretrain", data_dir=data_root, out_dir=out,
-                      progress=False)
+    again = run_stage(smoke_params(*PRETRAIN), "pretrain", data_dir=data_root, out_dir=out, progress=False)
     assert again.checkpoint_sha256 == pretrained.checkpoint_sha256
 
 
@@ -70,14 +74,22 @@ def test_midtrain_and_sft_chain_with_loss_mask(pretrained, data_root, tmp_path):
             calls.append(("eval", step, metrics["val_loss"]))
 
     p = smoke_params("midtrain.steps=6", "midtrain.eval_every=3", "sft.steps=6", "sft.eval_every=3")
-    mid = run_stage(p, "midtrain", data_dir=data_root, out_dir=tmp_path / "mid",
-                    init_checkpoint=pretrained.checkpoint, callbacks=[Sink()], progress=False)
+    mid = run_stage(
+        p,
+        "midtrain",
+        data_dir=data_root,
+        out_dir=tmp_path / "mid",
+        init_checkpoint=pretrained.checkpoint,
+        callbacks=[Sink()],
+        progress=False,
+    )
     assert read_config(mid.checkpoint)["init_checkpoint_sha256"] == pretrained.checkpoint_sha256
     assert ("eval", 0, mid.val_curve[0][1]) in calls and any(c[0] == "log" for c in calls)
     # Mid-training anneals to zero: its last update used a tiny LR.
     assert mid.state["logs"][-1]["lr"] < 0.2 * p.midtrain.lr
-    sft = run_stage(p, "sft", data_dir=data_root, out_dir=tmp_path / "sft",
-                    init_checkpoint=mid.checkpoint, progress=False)
+    sft = run_stage(
+        p, "sft", data_dir=data_root, out_dir=tmp_path / "sft", init_checkpoint=mid.checkpoint, progress=False
+    )
     assert sft.val_curve[-1][1] < sft.val_curve[0][1]
     # The recorded validation loss is the mean CE over response tokens only.
     model, _ = load_checkpoint(sft.checkpoint)
@@ -114,8 +126,9 @@ def test_bf16_autocast_trains_with_fp32_master_weights(moe, data_root, tmp_path)
     over = ["runtime.precision=bf16", "pretrain.steps=4", "pretrain.eval_every=4"]
     if not moe:
         over.append("model.moe=null")
-    r = run_stage(smoke_params(*over), "pretrain", data_dir=data_root, out_dir=tmp_path / "bf16",
-                  progress=False)
+    r = run_stage(
+        smoke_params(*over), "pretrain", data_dir=data_root, out_dir=tmp_path / "bf16", progress=False
+    )
     assert r.val_curve[-1][1] < r.val_curve[0][1]
     weights = load_file(str(r.checkpoint / "model.safetensors"))
     assert all(w.dtype == torch.float32 for w in weights.values())

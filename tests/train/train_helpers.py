@@ -31,8 +31,9 @@ def _topics() -> list[tuple[str, str]]:
     return sorted(topics.items())
 
 
-def write_text_shards(folder: Path, tokenizer_file: Path, docs: list[str], vocab_size: int = 512,
-                      val_every: int = 10) -> Path:
+def write_text_shards(
+    folder: Path, tokenizer_file: Path, docs: list[str], vocab_size: int = 512, val_every: int = 10
+) -> Path:
     from tokenizers import Tokenizer
 
     from mobilemoe.checkpoint import sha256_file
@@ -70,11 +71,14 @@ def write_sft_shards(folder: Path, tokenizer_file: Path, vocab_size: int = 512) 
     return folder
 
 
-
-
 # One short pretrain configuration shared by the stage, resume and error tests.
-PRETRAIN = ("pretrain.steps=12", "pretrain.checkpoint_every=4", "pretrain.eval_every=4",
-            "pretrain.log_every=2", "pretrain.keep_checkpoints=2")
+PRETRAIN = (
+    "pretrain.steps=12",
+    "pretrain.checkpoint_every=4",
+    "pretrain.eval_every=4",
+    "pretrain.log_every=2",
+    "pretrain.keep_checkpoints=2",
+)
 
 
 def same_weights(a: Path, b: Path) -> bool:
@@ -89,7 +93,6 @@ def cpython_documents() -> list[str]:
     """CPython's own English text: help() topics and stdlib docstrings (~2 MB), in 4k pieces."""
     import random
     import sysconfig
-
     from pydoc_data.topics import topics
 
     docs = [topics[k] for k in sorted(topics)]
@@ -103,10 +106,13 @@ def cpython_documents() -> list[str]:
             tree = ast.parse(path.read_bytes())
         except (SyntaxError, ValueError, OSError):
             continue
-        parts = [d for node in ast.walk(tree)
-                 if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef))
-                 and (d := ast.get_docstring(node, clean=True))]
+        parts = [
+            d
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef))
+            and (d := ast.get_docstring(node, clean=True))
+        ]
         text = "\n\n".join(parts)
-        docs += [text[i:i + 4000] for i in range(0, len(text), 4000) if len(text) > 300]
+        docs += [text[i : i + 4000] for i in range(0, len(text), 4000) if len(text) > 300]
     random.Random(0).shuffle(docs)
     return docs
