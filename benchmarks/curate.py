@@ -11,7 +11,8 @@
    the project: the wall time a user waits for ``dvc repro`` on a clean checkout.
    Target (issue 3): under 60 s for tiny on a 2-core laptop-class machine.
 
-Prints a table and ends with one JSON line. Timings on a shared machine are noisy.
+Prints a table and ends with one JSON line; writes benchmarks/results/curate.json (with the
+machine and date). Timings on a shared machine are noisy.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one core
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from stamp import write_result  # noqa: E402
 
 
 def _copy_project(dest: Path, params: Path) -> Path:
@@ -76,31 +79,39 @@ def main() -> int:
     clean_mb = stats["output"]["bytes"] / 1e6
 
     t = time.perf_counter()
-    index = EvalNgramIndex.build(cfg.decontam.eval_sets or list_eval_sets(), cfg.decontam.ngram,
-                                 cfg.decontam.min_words)
+    index = EvalNgramIndex.build(
+        cfg.decontam.eval_sets or list_eval_sets(), cfg.decontam.ngram, cfg.decontam.min_words
+    )
     index_s = time.perf_counter() - t
     t = time.perf_counter()
     hits = int(index.contaminated([d["text"] for d in docs]).sum())
     check_s = time.perf_counter() - t
 
     result = {
-        "params": str(args.params), "raw_mb": round(raw_mb, 3), "clean_mb": round(clean_mb, 3),
+        "params": str(args.params),
+        "raw_mb": round(raw_mb, 3),
+        "clean_mb": round(clean_mb, 3),
         "read_sources_s": round(read_s, 2),
         "clean_dedup_s": round(clean_dedup_s, 2),
         "clean_dedup_mb_per_s": round(raw_mb / clean_dedup_s, 2),
         "clean_mb_per_s": round(raw_mb / timings["normalize_filter_s"], 2),
         "exact_dedup_mb_per_s": round(raw_mb / max(timings["exact_dedup_s"], 1e-9), 1),
         "near_dedup_mb_per_s": round(raw_mb / max(timings["near_dedup_s"], 1e-9), 2),
-        "evalgrams_build_s": round(index_s, 2), "evalgrams_ngrams": index.size,
+        "evalgrams_build_s": round(index_s, 2),
+        "evalgrams_ngrams": index.size,
         "decontam_check_mb_per_s": round(clean_mb / max(check_s, 1e-9), 2),
         "decontam_hits": hits,
     }
     print(f"sources: {raw_mb:.2f} MB raw pre-training text read in {read_s:.1f} s")
-    print(f"clean + dedup: {clean_dedup_s:.2f} s = {result['clean_dedup_mb_per_s']} MB/s on one core "
-          f"(clean {result['clean_mb_per_s']} MB/s, exact {result['exact_dedup_mb_per_s']} MB/s, "
-          f"near {result['near_dedup_mb_per_s']} MB/s); kept {clean_mb:.2f} MB")
-    print(f"decontamination: index of {index.size:,} n-grams in {index_s:.1f} s; check "
-          f"{result['decontam_check_mb_per_s']} MB/s; {hits} documents hit")
+    print(
+        f"clean + dedup: {clean_dedup_s:.2f} s = {result['clean_dedup_mb_per_s']} MB/s on one core "
+        f"(clean {result['clean_mb_per_s']} MB/s, exact {result['exact_dedup_mb_per_s']} MB/s, "
+        f"near {result['near_dedup_mb_per_s']} MB/s); kept {clean_mb:.2f} MB"
+    )
+    print(
+        f"decontamination: index of {index.size:,} n-grams in {index_s:.1f} s; check "
+        f"{result['decontam_check_mb_per_s']} MB/s; {hits} documents hit"
+    )
 
     if not args.skip_full:
         from mobilemoe.data import curate
@@ -113,11 +124,21 @@ def main() -> int:
             t = time.perf_counter()
             again = curate(root)
             noop_s = time.perf_counter() - t
-        result.update({"full_curation_s": round(full_s, 1), "noop_repro_s": round(noop_s, 2),
-                       "stages_run": out["stages_run"], "noop_stages_run": again["stages_run"],
-                       "full_under_60s": full_s < 60.0, "headline": out["stats"].get("headline")})
-        print(f"whole curation (dvc repro, fresh copy): {full_s:.1f} s (target < 60 s); "
-              f"a second repro: {noop_s:.2f} s, ran {again['stages_run'] or 'nothing'}")
+        result.update(
+            {
+                "full_curation_s": round(full_s, 1),
+                "noop_repro_s": round(noop_s, 2),
+                "stages_run": out["stages_run"],
+                "noop_stages_run": again["stages_run"],
+                "full_under_60s": full_s < 60.0,
+                "headline": out["stats"].get("headline"),
+            }
+        )
+        print(
+            f"whole curation (dvc repro, fresh copy): {full_s:.1f} s (target < 60 s); "
+            f"a second repro: {noop_s:.2f} s, ran {again['stages_run'] or 'nothing'}"
+        )
+    write_result("curate", result)
     print(json.dumps(result, sort_keys=True))
     return 0
 

@@ -24,6 +24,7 @@ after another mostly cannot.
 
 Prints the tables and, last, one JSON line: ``batched_vs_single`` (one thread, CPU time)
 and ``batched_vs_single_eval_threads`` (the eval's threads, wall time); issue target >= 5.
+Also writes benchmarks/results/eval_throughput.json (with the machine and date).
 
     .venv/bin/python benchmarks/eval_throughput.py [--docs 25] [--repeats 3] [--batch-size 16]
         [--threads 1] [--eval-threads 2]
@@ -45,6 +46,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from stamp import write_result  # noqa: E402
 
 
 def make_checkpoint(folder: Path) -> Path:
@@ -82,14 +84,16 @@ def computed_tokens(lm, reqs) -> tuple[int, int]:
     """(tokens one at a time computes, tokens the packed prefix trees compute)."""
     from mobilemoe.eval.scoring import continuation_windows, pack_prefix_trees, row_nodes
 
-    windows = [w for r in reqs
-               for w in continuation_windows(*lm._encode_pair_or_empty(*r.args), lm.max_length)[0]]
+    windows = [
+        w for r in reqs for w in continuation_windows(*lm._encode_pair_or_empty(*r.args), lm.max_length)[0]
+    ]
     rows = pack_prefix_trees({w.inp for w in windows}, lm.max_length)
     return sum(len(w.inp) for w in windows), sum(row_nodes(row) for row in rows)
 
 
 def forward_costs(model, repeats: int = 5) -> tuple[float, float]:
     """(fixed ms per forward call, us per token at 16 x 128) of the bare model."""
+
     def cpu(x):
         with torch.inference_mode():
             model(x)
@@ -117,8 +121,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1, help="threads of the per-task table")
-    ap.add_argument("--eval-threads", type=int, default=None,
-                    help="threads of the wall-time line (default: the tiny preset's runtime.threads)")
+    ap.add_argument(
+        "--eval-threads",
+        type=int,
+        default=None,
+        help="threads of the wall-time line (default: the tiny preset's runtime.threads)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -132,22 +140,30 @@ def main() -> None:
         lm = MobileMoELM(checkpoint=str(make_checkpoint(Path(tmp))), device="cpu")
     by_task = real_requests(tasks, args.docs)
     reqs = [r for rs in by_task.values() for r in rs]
-    tokens = {t: sum(len(lm.tok_encode(c + x)) for c, x in (r.args for r in rs))
-              for t, rs in by_task.items()}
-    gen = [type(reqs[0])(request_type="generate_until", doc={}, idx=0, metadata=("gen", i, 1),
-                         arguments=(r.args[0], {"until": ["\n\n"], "max_gen_toks": 32}))
-           for i, r in enumerate(reqs[:: max(1, len(reqs) // 32)][:32])]
+    tokens = {t: sum(len(lm.tok_encode(c + x)) for c, x in (r.args for r in rs)) for t, rs in by_task.items()}
+    gen = [
+        type(reqs[0])(
+            request_type="generate_until",
+            doc={},
+            idx=0,
+            metadata=("gen", i, 1),
+            arguments=(r.args[0], {"until": ["\n\n"], "max_gen_toks": 32}),
+        )
+        for i, r in enumerate(reqs[:: max(1, len(reqs) // 32)][:32])
+    ]
 
     def score(rs, bs):
         def run():
             lm.batch_size = bs
             lm.loglikelihood(rs, disable_tqdm=True)
+
         return run
 
     def generate(bs):
         def run():
             lm.batch_size = bs
             lm.generate_until(gen, disable_tqdm=True)
+
         return run
 
     timed(score(reqs, args.batch_size))  # warm-up (allocator, first-call overheads)
@@ -173,45 +189,66 @@ def main() -> None:
     med = {t: {k: statistics.median(v) for k, v in m.items()} for t, m in ll.items()}
     total = {k: sum(med[t][k] for t in tasks) for k in ("batched", "single")}
     gmed = {k: statistics.median(v) for k, v in gn.items()}
-    print(f"tiny model, {len(reqs)} loglikelihood requests ({sum(tokens.values()):,} tokens) from "
-          f"{len(tasks)} tasks ({args.docs} docs each); {args.threads} thread(s), batch size "
-          f"{args.batch_size} vs 1, median CPU seconds of {args.repeats} interleaved repeats")
+    print(
+        f"tiny model, {len(reqs)} loglikelihood requests ({sum(tokens.values()):,} tokens) from "
+        f"{len(tasks)} tasks ({args.docs} docs each); {args.threads} thread(s), batch size "
+        f"{args.batch_size} vs 1, median CPU seconds of {args.repeats} interleaved repeats"
+    )
     print(f"{'task':<16}{'requests':>9}{'tok/req':>8}{'batched req/s':>15}{'single req/s':>14}{'ratio':>7}")
     for t in tasks:
         n = len(by_task[t])
-        print(f"{t:<16}{n:>9}{tokens[t] / n:>8.0f}{n / med[t]['batched']:>15.1f}"
-              f"{n / med[t]['single']:>14.1f}{med[t]['single'] / med[t]['batched']:>7.2f}")
-    print(f"{'all':<16}{len(reqs):>9}{sum(tokens.values()) / len(reqs):>8.0f}"
-          f"{len(reqs) / total['batched']:>15.1f}{len(reqs) / total['single']:>14.1f}"
-          f"{total['single'] / total['batched']:>7.2f}")
+        print(
+            f"{t:<16}{n:>9}{tokens[t] / n:>8.0f}{n / med[t]['batched']:>15.1f}"
+            f"{n / med[t]['single']:>14.1f}{med[t]['single'] / med[t]['batched']:>7.2f}"
+        )
+    print(
+        f"{'all':<16}{len(reqs):>9}{sum(tokens.values()) / len(reqs):>8.0f}"
+        f"{len(reqs) / total['batched']:>15.1f}{len(reqs) / total['single']:>14.1f}"
+        f"{total['single'] / total['batched']:>7.2f}"
+    )
     single_tok, packed_tok = computed_tokens(lm, reqs)
-    print(f"tokens through the model: one at a time {single_tok:,}, batched (prefix trees) "
-          f"{packed_tok:,} ({single_tok / packed_tok:.2f}x fewer)")
-    print(f"model forward: {fixed_ms:.2f} ms per call (1 token) + {per_token_us:.0f} us per token "
-          f"(16 x 128): one request at a time spends ~{fixed_ms:.1f} ms of overhead per "
-          "request, the rest is compute that batching cannot remove (only shared prefixes do)")
-    print(f"generate_until, {len(gen)} prompts x <= 32 tokens: batched {gmed['batched']:.2f} s, "
-          f"one at a time {gmed['single']:.2f} s ({gmed['single'] / gmed['batched']:.2f}x)")
+    print(
+        f"tokens through the model: one at a time {single_tok:,}, batched (prefix trees) "
+        f"{packed_tok:,} ({single_tok / packed_tok:.2f}x fewer)"
+    )
+    print(
+        f"model forward: {fixed_ms:.2f} ms per call (1 token) + {per_token_us:.0f} us per token "
+        f"(16 x 128): one request at a time spends ~{fixed_ms:.1f} ms of overhead per "
+        "request, the rest is compute that batching cannot remove (only shared prefixes do)"
+    )
+    print(
+        f"generate_until, {len(gen)} prompts x <= 32 tokens: batched {gmed['batched']:.2f} s, "
+        f"one at a time {gmed['single']:.2f} s ({gmed['single'] / gmed['batched']:.2f}x)"
+    )
     if wmed:
-        print(f"all requests at {eval_threads} threads (the eval step's runtime.threads), median "
-              f"wall seconds: batched {len(reqs) / wmed['batched']:.1f} req/s, one at a time "
-              f"{len(reqs) / wmed['single']:.1f} req/s ({wmed['single'] / wmed['batched']:.2f}x)")
-    print(json.dumps({
-        "benchmark": "eval_throughput", "requests": len(reqs), "tokens": sum(tokens.values()),
-        "batch_size": args.batch_size, "threads": args.threads,
+        print(
+            f"all requests at {eval_threads} threads (the eval step's runtime.threads), median "
+            f"wall seconds: batched {len(reqs) / wmed['batched']:.1f} req/s, one at a time "
+            f"{len(reqs) / wmed['single']:.1f} req/s ({wmed['single'] / wmed['batched']:.2f}x)"
+        )
+    summary = {
+        "benchmark": "eval_throughput",
+        "requests": len(reqs),
+        "tokens": sum(tokens.values()),
+        "batch_size": args.batch_size,
+        "threads": args.threads,
         "batched_req_per_s": round(len(reqs) / total["batched"], 2),
         "single_req_per_s": round(len(reqs) / total["single"], 2),
         "batched_vs_single": round(total["single"] / total["batched"], 2),
         "batched_vs_single_by_task": {t: round(med[t]["single"] / med[t]["batched"], 2) for t in tasks},
         "generate_batched_vs_single": round(gmed["single"] / gmed["batched"], 2),
-        "tokens_single": single_tok, "tokens_batched": packed_tok,
-        "forward_fixed_ms": round(fixed_ms, 3), "forward_us_per_token": round(per_token_us, 1),
+        "tokens_single": single_tok,
+        "tokens_batched": packed_tok,
+        "forward_fixed_ms": round(fixed_ms, 3),
+        "forward_us_per_token": round(per_token_us, 1),
         "eval_threads": eval_threads,
         "batched_req_per_s_eval_threads": round(len(reqs) / wmed["batched"], 2) if wmed else None,
         "single_req_per_s_eval_threads": round(len(reqs) / wmed["single"], 2) if wmed else None,
         "batched_vs_single_eval_threads": round(wmed["single"] / wmed["batched"], 2) if wmed else None,
         "target_batched_vs_single": 5.0,
-    }))
+    }
+    write_result("eval_throughput", summary)
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

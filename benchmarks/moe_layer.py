@@ -11,7 +11,8 @@ Measured side by side in one process, 1 thread, medians of interleaved repeats:
   The INT4 kernel against XNNPACK INT4 is ``benchmarks/moe_kernel.py``.
 
 Prints a table and, last, one JSON line with ``train_fwd_bwd_vs_dense`` and
-``train_fwd_vs_dense`` for the first config (target: fwd+bwd <= 1.3).
+``train_fwd_vs_dense`` for the first config (target: fwd+bwd <= 1.3); writes
+benchmarks/results/moe_layer.json (per config, with the machine and date).
 
     .venv/bin/python benchmarks/moe_layer.py [--repeats 15] [--tokens 4096] [--pte]
 """
@@ -28,6 +29,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stamp import write_result  # noqa: E402
 
 from mobilemoe.config.model import MoEConfig  # noqa: E402
 from mobilemoe.model.moe import MoEFeedForward, RoutedExperts, SwiGLU  # noqa: E402
@@ -52,19 +55,25 @@ class AllExpertsMasked(torch.nn.Module):
         g, u = self.gate_up(x_TD).view(T, E, 2 * H).split(H, dim=-1)
         return self.down((torch.nn.functional.silu(g) * u * gate_TE.unsqueeze(-1)).reshape(T, E * H))
 
+
 CONFIGS = {
     # the issue's reference config
     "d512-32x256-top4-shared512": dict(d=512, E=32, H=256, k=4, shared=512),
-    # one MobileMoE-S layer (PAPER.md: d 768, 60 routed x 384, top-4, shared 1536)
+    # one MobileMoE-S layer (d 768, 60 x 384, top-4, shared 1536; docs/paper.md#mobilemoe-s-architecture)
     "mobilemoe-s-layer": dict(d=768, E=60, H=384, k=4, shared=1536),
 }
 
 
 def build(c: dict):
     torch.manual_seed(0)
-    cfg = MoEConfig(n_routed_experts=c["E"], expert_hidden=c["H"], top_k=c["k"],
-                    n_shared_experts=1 if c["shared"] else 0, shared_hidden=c["shared"],
-                    route_scale=2.5)
+    cfg = MoEConfig(
+        n_routed_experts=c["E"],
+        expert_hidden=c["H"],
+        top_k=c["k"],
+        n_shared_experts=1 if c["shared"] else 0,
+        shared_hidden=c["shared"],
+        route_scale=2.5,
+    )
     moe = MoEFeedForward(c["d"], cfg)
     for p in moe.parameters():
         torch.nn.init.normal_(p, std=0.02)
@@ -87,7 +96,7 @@ def timed(fn, repeats: int) -> list[float]:
 
 
 def bench_train(mods: dict, x: torch.Tensor, repeats: int) -> dict[str, dict[str, float]]:
-    grad = torch.randn_like(x)  # a dense upstream gradient (not stride-0, STACK.md)
+    grad = torch.randn_like(x)  # dense, not stride-0: docs/libraries.md#moe-compute-on-cpu
 
     def fwd(m):
         with torch.no_grad():
@@ -99,13 +108,13 @@ def bench_train(mods: dict, x: torch.Tensor, repeats: int) -> dict[str, dict[str
         m(xi).backward(grad)
 
     times = {name: {"fwd": [], "fwd_bwd": []} for name in mods}
-    for name, m in mods.items():  # warm-up
+    for m in mods.values():  # warm-up
         fwd(m)
         fwd_bwd(m)
     for _ in range(repeats):  # interleave so drift hits every variant alike
         for name, m in mods.items():
-            times[name]["fwd"] += timed(lambda: fwd(m), 1)
-            times[name]["fwd_bwd"] += timed(lambda: fwd_bwd(m), 1)
+            times[name]["fwd"] += timed(lambda m=m: fwd(m), 1)
+            times[name]["fwd_bwd"] += timed(lambda m=m: fwd_bwd(m), 1)
     return {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
 
 
@@ -115,13 +124,12 @@ def bench_decode_eager(masked, dense, d: int, repeats: int) -> dict[str, float]:
     with torch.no_grad():
         for name, m in (("masked_moe", masked), ("dense_active", dense)):
             m(x)
-            out[name] = statistics.median(timed(lambda: m(x), repeats * 20))
+            out[name] = statistics.median(timed(lambda m=m: m(x), repeats * 20))
     return out
 
 
 def bench_decode_pte(moe, dense, d: int, repeats: int) -> dict[str, float] | None:
     import mobilemoe_kernels
-
     from mobilemoe.export.modules import ExportMoE
 
     try:
@@ -139,7 +147,7 @@ def bench_decode_pte(moe, dense, d: int, repeats: int) -> dict[str, float] | Non
         prog = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
         method = rt.load_program(prog.buffer).load_method("forward")
         method.execute((x,))
-        out[name] = statistics.median(timed(lambda: method.execute((x,)), repeats * 20))
+        out[name] = statistics.median(timed(lambda method=method: method.execute((x,)), repeats * 20))
     return out
 
 
@@ -175,24 +183,40 @@ def main() -> int:
             r["decode_pte_us"] = {k: v * 1e6 for k, v in pte.items()}
         results[name] = r
 
-    print(f"{'config':<28} {'fwd/dense':>10} {'fwd+bwd/dense':>14} {'masked/dense':>13} "
-          f"{'dec masked':>13} {'dec kernel':>11}")
+    print(
+        f"{'config':<28} {'fwd/dense':>10} {'fwd+bwd/dense':>14} {'masked/dense':>13} "
+        f"{'dec masked':>13} {'dec kernel':>11}"
+    )
     for name, r in results.items():
         pte_ratio = r.get("decode_pte_export_path_vs_dense")
-        print(f"{name:<28} {r['train_fwd_vs_dense']:>10.2f} {r['train_fwd_bwd_vs_dense']:>14.2f} "
-              f"{r['masked_fwd_bwd_vs_dense']:>13.2f} {r['decode_eager_masked_vs_dense']:>13.2f} "
-              f"{(f'{pte_ratio:.2f}' if pte_ratio else '-'):>11}")
-    print("(ratios of medians vs a dense SwiGLU with the same active parameters; "
-          f"{args.tokens} tokens, {args.threads} thread(s), {args.repeats} repeats; decode = 1 token "
-          "through the fixed-shape export path)")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=1))
+        print(
+            f"{name:<28} {r['train_fwd_vs_dense']:>10.2f} {r['train_fwd_bwd_vs_dense']:>14.2f} "
+            f"{r['masked_fwd_bwd_vs_dense']:>13.2f} {r['decode_eager_masked_vs_dense']:>13.2f} "
+            f"{(f'{pte_ratio:.2f}' if pte_ratio else '-'):>11}"
+        )
+    print(
+        "(ratios of medians vs a dense SwiGLU with the same active parameters; "
+        f"{args.tokens} tokens, {args.threads} thread(s), {args.repeats} repeats; decode = 1 token "
+        "through the fixed-shape export path)"
+    )
+    write_result(
+        "moe_layer",
+        {"configs": results, "tokens": args.tokens, "threads": args.threads, "repeats": args.repeats},
+        args.out,
+    )
     first = results[args.configs.split(",")[0]]
-    print(json.dumps({"train_fwd_bwd_vs_dense": round(first["train_fwd_bwd_vs_dense"], 3),
-                      "train_fwd_vs_dense": round(first["train_fwd_vs_dense"], 3),
-                      "decode_masked_vs_dense": round(first["decode_eager_masked_vs_dense"], 3),
-                      "decode_export_path_vs_dense": (round(first["decode_pte_export_path_vs_dense"], 3)
-                                                      if args.pte else None)}))
+    print(
+        json.dumps(
+            {
+                "train_fwd_bwd_vs_dense": round(first["train_fwd_bwd_vs_dense"], 3),
+                "train_fwd_vs_dense": round(first["train_fwd_vs_dense"], 3),
+                "decode_masked_vs_dense": round(first["decode_eager_masked_vs_dense"], 3),
+                "decode_export_path_vs_dense": (
+                    round(first["decode_pte_export_path_vs_dense"], 3) if args.pte else None
+                ),
+            }
+        )
+    )
     return 0
 
 

@@ -5,8 +5,8 @@ forward, masked CE, backward, clipping, AdamW, router balancing update) side by 
 one process, interleaving MoE and dense blocks so machine drift hits both alike.
 
 * CPU (fp32): the ``tiny`` preset's model at its pretrain batch, and two layers of
-  MobileMoE-S's shapes (PAPER.md: d 768, 12/4 heads of 64, 60 routed experts x 384
-  top-4, a shared expert of 1536; vocab 4,096 here, our choice: a 128k LM head would
+  MobileMoE-S's shapes (docs/paper.md#mobilemoe-s-architecture: d 768, 12/4 heads of 64,
+  60 routed experts x 384 top-4, a shared expert of 1536; vocab 4,096 here, our choice: a 128k LM head would
   dominate a 2-layer model). Also MFU against a matmul ceiling measured now.
 * CUDA (bf16 autocast): the full ``mobilemoe-s`` preset (20 layers, vocab 128,256) at
   seq 2,048, MFU against the GPU's datasheet bf16 peak (mobilemoe/train/speed.py).
@@ -14,7 +14,8 @@ one process, interleaving MoE and dense blocks so machine drift hits both alike.
     .venv/bin/python benchmarks/train_step.py [--threads 2] [--repeats 5] [--steps 3]
     .venv/bin/python benchmarks/train_step.py --device cuda --configs mobilemoe-s
 
-Prints a table and one JSON line; writes benchmarks/results/train_step.json.
+Prints a table and one JSON line; writes benchmarks/results/train_step.json (with the
+machine and date).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stamp import write_result  # noqa: E402
 
 from mobilemoe.config.train import TrainStageConfig  # noqa: E402
 from mobilemoe.data.shards import ShardSplit  # noqa: E402
@@ -56,8 +59,9 @@ def _preset_model(name: str):
 def configs(device: str) -> dict:
     tiny = _preset_model("tiny")
     s = _preset_model("mobilemoe-s")
-    s_layer = dataclasses.replace(s, name="mobilemoe-s-2layers", n_layers=2, vocab_size=4096,
-                                  max_seq_len=256, rope_scaling=None)
+    s_layer = dataclasses.replace(
+        s, name="mobilemoe-s-2layers", n_layers=2, vocab_size=4096, max_seq_len=256, rope_scaling=None
+    )
     out = {
         "tiny": dict(model=tiny, batch=16, seq=128),
         "mobilemoe-s-layer": dict(model=s_layer, batch=16, seq=256),
@@ -73,11 +77,17 @@ def make_trainer(model_cfg, batch: int, seq: int, device: torch.device, bf16: bo
     rng = np.random.default_rng(0)
     tokens = rng.integers(6, model_cfg.vocab_size, size=max(200_000, 50 * batch * seq)).astype(np.int64)
     split = ShardSplit("train", tokens, None)
-    cfg = TrainStageConfig(steps=10**6, batch_size=batch, seq_len=seq, lr=1e-4, warmup_steps=0,
-                           schedule="constant", eval_batches=1)
+    cfg = TrainStageConfig(
+        steps=10**6,
+        batch_size=batch,
+        seq_len=seq,
+        lr=1e-4,
+        warmup_steps=0,
+        schedule="constant",
+        eval_batches=1,
+    )
     loader = WindowLoader(split, batch, seq, seed=0, device=device)
-    return Trainer(model, cfg, loader, split, device=device,
-                   autocast_dtype=torch.bfloat16 if bf16 else None)
+    return Trainer(model, cfg, loader, split, device=device, autocast_dtype=torch.bfloat16 if bf16 else None)
 
 
 def timed_block(trainer: Trainer, steps: int, device: torch.device) -> float:
@@ -94,8 +104,10 @@ def timed_block(trainer: Trainer, steps: int, device: torch.device) -> float:
 def bench(name: str, c: dict, device: torch.device, steps: int, repeats: int, peak) -> dict:
     bf16 = device.type == "cuda"
     moe_cfg, dense_cfg = c["model"], dense_counterpart(c["model"])
-    trainers = {"moe": make_trainer(moe_cfg, c["batch"], c["seq"], device, bf16),
-                "dense_active": make_trainer(dense_cfg, c["batch"], c["seq"], device, bf16)}
+    trainers = {
+        "moe": make_trainer(moe_cfg, c["batch"], c["seq"], device, bf16),
+        "dense_active": make_trainer(dense_cfg, c["batch"], c["seq"], device, bf16),
+    }
     for t in trainers.values():  # warm-up (allocator, kernels)
         timed_block(t, 2, device)
     times = {k: [] for k in trainers}
@@ -108,9 +120,14 @@ def bench(name: str, c: dict, device: torch.device, steps: int, repeats: int, pe
         acc = account(cfg, c["seq"])
         step_s = statistics.median(times[k])
         flop_per_s = tokens / step_s * 3 * acc.flops_per_token
-        out[k] = {"step_s": step_s, "tok_per_s": tokens / step_s, "flop_per_s": flop_per_s,
-                  "mfu": flop_per_s / peak.flop_per_s if peak.flop_per_s else None,
-                  "active_params": acc.active_params, "total_params": acc.total_params}
+        out[k] = {
+            "step_s": step_s,
+            "tok_per_s": tokens / step_s,
+            "flop_per_s": flop_per_s,
+            "mfu": flop_per_s / peak.flop_per_s if peak.flop_per_s else None,
+            "active_params": acc.active_params,
+            "total_params": acc.total_params,
+        }
     out["moe_tok_per_s_vs_dense"] = out["moe"]["tok_per_s"] / out["dense_active"]["tok_per_s"]
     return out
 
@@ -129,28 +146,45 @@ def main() -> int:
     all_cfgs = configs(device.type)
     names = args.configs.split(",") if args.configs else list(all_cfgs)
     peak = peak_flops(device, args.threads)
-    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-               "threads": args.threads, "peak_flop_per_s": peak.flop_per_s,
-               "peak_source": peak.source, "configs": {}}
+    results = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": args.threads,
+        "peak_flop_per_s": peak.flop_per_s,
+        "peak_source": peak.source,
+        "configs": {},
+    }
     for name in names:
         results["configs"][name] = bench(name, all_cfgs[name], device, args.steps, args.repeats, peak)
 
-    print(f"{'config':<20} {'MoE tok/s':>10} {'dense tok/s':>12} {'MoE/dense':>10} {'MoE MFU':>8} "
-          f"{'active':>8} {'total':>8}")
+    print(
+        f"{'config':<20} {'MoE tok/s':>10} {'dense tok/s':>12} {'MoE/dense':>10} {'MoE MFU':>8} "
+        f"{'active':>8} {'total':>8}"
+    )
     for name, r in results["configs"].items():
         mfu = r["moe"]["mfu"]
-        print(f"{name:<20} {r['moe']['tok_per_s']:>10.0f} {r['dense_active']['tok_per_s']:>12.0f} "
-              f"{r['moe_tok_per_s_vs_dense']:>10.2f} {(f'{mfu:.3f}' if mfu else '-'):>8} "
-              f"{r['moe']['active_params'] / 1e6:>7.1f}M {r['moe']['total_params'] / 1e6:>7.1f}M")
-    print(f"(medians of {args.repeats} interleaved blocks of {args.steps} steps; {results['device']}, "
-          f"{args.threads} thread(s); peak {peak.flop_per_s or 0:.3g} FLOP/s: {peak.source}; "
-          "dense = same active parameters)")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=1))
-    print(json.dumps({n: {"moe_tok_per_s": round(r["moe"]["tok_per_s"]),
-                          "moe_vs_dense": round(r["moe_tok_per_s_vs_dense"], 3),
-                          "moe_mfu": r["moe"]["mfu"] and round(r["moe"]["mfu"], 4)}
-                      for n, r in results["configs"].items()}))
+        print(
+            f"{name:<20} {r['moe']['tok_per_s']:>10.0f} {r['dense_active']['tok_per_s']:>12.0f} "
+            f"{r['moe_tok_per_s_vs_dense']:>10.2f} {(f'{mfu:.3f}' if mfu else '-'):>8} "
+            f"{r['moe']['active_params'] / 1e6:>7.1f}M {r['moe']['total_params'] / 1e6:>7.1f}M"
+        )
+    print(
+        f"(medians of {args.repeats} interleaved blocks of {args.steps} steps; {results['device']}, "
+        f"{args.threads} thread(s); peak {peak.flop_per_s or 0:.3g} FLOP/s: {peak.source}; "
+        "dense = same active parameters)"
+    )
+    write_result("train_step", results, args.out)
+    print(
+        json.dumps(
+            {
+                n: {
+                    "moe_tok_per_s": round(r["moe"]["tok_per_s"]),
+                    "moe_vs_dense": round(r["moe_tok_per_s_vs_dense"], 3),
+                    "moe_mfu": r["moe"]["mfu"] and round(r["moe"]["mfu"], 4),
+                }
+                for n, r in results["configs"].items()
+            }
+        )
+    )
     return 0
 
 
