@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -79,8 +80,27 @@ def test_lm_eval_models_turn_user_errors_into_one_line(bad_programs, tokenizer_f
     assert e.value.code == 2 and len(err) == 1 and "nope" in err[0]
 
 
-@pytest.mark.slow  # two lm_eval start-ups (~30 s)
-def test_stock_lm_eval_cli_prints_one_error_line(bad_programs, tokenizer_file, tmp_path):
+def test_lm_eval_model_refuses_a_stale_manifest_in_one_line(smoke_checkpoint, tmp_path, capsys):
+    """Weights edited after the manifest was written: one error line naming the file."""
+    import shutil
+
+    from mobilemoe.eval.lm_model import MobileMoELM
+
+    ckpt = tmp_path / "stale"
+    shutil.copytree(smoke_checkpoint, ckpt)
+    weights = ckpt / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # same size, other bytes
+    weights.write_bytes(bytes(data))
+    with pytest.raises(SystemExit) as e:
+        MobileMoELM.create_from_arg_obj({"checkpoint": str(ckpt)})
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: ") and "model.safetensors" in err[0], err
+
+
+@pytest.mark.slow  # three lm_eval start-ups (~45 s)
+def test_stock_lm_eval_cli_prints_one_error_line(bad_programs, tokenizer_file, smoke_checkpoint, tmp_path):
     lm_eval = Path(sys.executable).with_name("lm_eval")
     if not lm_eval.exists():
         pytest.skip("lm_eval is not installed in this environment")
@@ -88,8 +108,12 @@ def test_stock_lm_eval_cli_prints_one_error_line(bad_programs, tokenizer_file, t
     from mobilemoe.eval.suite import build_task_dir
 
     task_dir = str(build_task_dir())  # what `mobilemoe eval --task-dir` prints
+    stale = tmp_path / "stale-ckpt"
+    shutil.copytree(smoke_checkpoint, stale)
+    (stale / "config.json").write_text((stale / "config.json").read_text() + " ")  # after the manifest
     for model, args, name in [
         ("mobilemoe", f"checkpoint={tmp_path / 'missing-ckpt'}", "missing-ckpt"),
+        ("mobilemoe", f"checkpoint={stale}", "config.json"),
         ("mobilemoe-pte", f"pte={bad_programs / 'random.pte'},tokenizer={tokenizer_file}", "random.pte"),
     ]:
         proc = subprocess.run(
