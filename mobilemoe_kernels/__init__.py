@@ -146,5 +146,7 @@ def raw() -> ctypes.CDLL:
 
 
 def isa() -> str:
-    """The SIMD path the kernels use: portable, avx2 or avx512vnni (env MOBILEMOE_KERNELS_ISA forces one)."""
+    """The SIMD path the kernels use: portable, avx2, avx512vnni (x86) or neon (AArch64).
+
+    The environment variable MOBILEMOE_KERNELS_ISA forces one."""
     return raw().mmoe_isa().decode()

@@ -26,12 +26,15 @@
 #include <cstring>
 #include <vector>
 
-#include <executorch/runtime/kernel/thread_parallel_interface.h>
+#include "parallel.h"
 
 #include "moe_ffn.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #define MMOE_X86 1
+#endif
+#if defined(__aarch64__)
+#define MMOE_NEON 1
 #endif
 
 #define MMOE_INLINE static inline __attribute__((always_inline))
@@ -274,15 +277,24 @@ __attribute__((target("avx512f,avx512vl,avx512bw,fma"))) void range_avx512(const
   run_range<16>(A, b, e, s);
 }
 #endif
+#ifdef MMOE_NEON
+// The 4-wide body on AArch64: Vec<4> values are NEON q registers and `acc += w * v` becomes
+// fmla (GCC contracts by default in C++, Clang within an expression).
+void range_neon(const Args& A, int64_t b, int64_t e, std::vector<float>& s) { run_range<4>(A, b, e, s); }
+#endif
 
 using RangeFn = void (*)(const Args&, int64_t, int64_t, std::vector<float>&);
 
 RangeFn pick_range() {
-#ifdef MMOE_X86
   const char* isa = isa_name();
+#ifdef MMOE_X86
   if (std::strcmp(isa, "avx512vnni") == 0) return range_avx512;
   if (std::strcmp(isa, "avx2") == 0) return range_avx2;
 #endif
+#ifdef MMOE_NEON
+  if (std::strcmp(isa, "neon") == 0) return range_neon;
+#endif
+  (void)isa;
   return range_portable;
 }
 

@@ -21,6 +21,12 @@
 //  * AVX512-VNNI (dpbusd, no saturation): weights as bytes q * 16 (masking with 0xF0),
 //    activations u = q_a + 128 (stored as q_a ^ 0x80); dot(q_w, q_a) = dot(16 q_w, u) / 16
 //    - 128 * sum(q_w), the last term folded as 128 * corr.
+//  * NEON (AArch64): signed nibbles (arithmetic shifts), signed q_a; with the dot-product
+//    extension (__ARM_FEATURE_DOTPROD, e.g. -march=armv8.2-a+dotprod) sdot by lane, else
+//    vmull_s8/vmlal_s8 into int16 (at most 8 products of |.| <= 1024 per lane) and pairwise
+//    widening adds. The per-group int32 dot is exact (the portable value); groups are
+//    accumulated in fp32 with a fused multiply-add, as the portable path does on Arm
+//    (std::fma there), so on AArch64 neon and portable give bit-identical results.
 
 #include "moe_ffn.h"
 
@@ -36,16 +42,23 @@
 #include <immintrin.h>
 #define MMOE_X86 1
 #endif
+#if defined(__aarch64__) || defined(__ARM_NEON)
+#include <arm_neon.h>
+#endif
+#if defined(__aarch64__)
+#define MMOE_NEON 1  // AArch64 (arm64-v8a); 32-bit Arm runs the portable path
+#endif
 
-#include <executorch/runtime/kernel/thread_parallel_interface.h>
+#include "parallel.h"
 
 namespace mmoe {
 namespace {
 
 thread_local std::string g_last_error;
 
-enum Isa { kPortable = 0, kAvx2 = 1, kAvx512Vnni = 2 };
-const char* kIsaNames[] = {"portable", "avx2", "avx512vnni"};
+enum Isa { kPortable = 0, kAvx2 = 1, kAvx512Vnni = 2, kNeon = 3 };
+const char* kIsaNames[] = {"portable", "avx2", "avx512vnni", "neon"};
+constexpr int kNumIsas = 4;
 
 bool isa_supported(int isa) {
 #ifdef MMOE_X86
@@ -58,18 +71,22 @@ bool isa_supported(int isa) {
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
            __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
 #endif
+#ifdef MMOE_NEON
+  if (isa == kNeon) return true;  // Advanced SIMD is mandatory on AArch64
+#endif
   return isa == kPortable;
 }
 
 int best_isa() {
   if (isa_supported(kAvx512Vnni)) return kAvx512Vnni;
   if (isa_supported(kAvx2)) return kAvx2;
+  if (isa_supported(kNeon)) return kNeon;
   return kPortable;
 }
 
 int parse_isa(const char* s) {
   if (!s) return -1;
-  for (int i = 0; i < 3; ++i)
+  for (int i = 0; i < kNumIsas; ++i)
     if (std::strcmp(s, kIsaNames[i]) == 0) return i;
   return -1;
 }
@@ -199,29 +216,75 @@ __attribute__((target("avx2,fma"))) void quant_row_avx2(const float* v, int64_t 
 }
 #endif
 
+#ifdef MMOE_NEON
+// Same numerics as quant_row (frintn = nearbyint under the default rounding mode; same
+// fp32 operations per element; min/max are order-free).
+void quant_row_neon(const float* v, int64_t C, int8_t* q, int32_t* gsum, float* scale_out, int32_t* zp_out) {
+  float32x4_t vmn = vld1q_f32(v), vmx = vmn;
+  for (int64_t i = 4; i < C; i += 4) {
+    const float32x4_t t = vld1q_f32(v + i);
+    vmn = vminq_f32(vmn, t);
+    vmx = vmaxq_f32(vmx, t);
+  }
+  float scale, zpf;
+  act_qparams(vminvq_f32(vmn), vmaxvq_f32(vmx), &scale, &zpf);
+  const float32x4_t inv = vdupq_n_f32(1.0f / scale), vzp = vdupq_n_f32(zpf);
+  const float32x4_t lo = vdupq_n_f32(-128.0f), hi = vdupq_n_f32(127.0f);
+  for (int64_t g = 0; g < C / 32; ++g) {
+    int32x4_t qi[8];
+    for (int u = 0; u < 8; ++u) {
+      float32x4_t t = vmulq_f32(vld1q_f32(v + g * 32 + u * 4), inv);
+      t = vaddq_f32(vrndnq_f32(t), vzp);
+      t = vminq_f32(vmaxq_f32(t, lo), hi);
+      qi[u] = vcvtq_s32_f32(t);  // exact: t is an integer in [-128, 127]
+    }
+    for (int u = 0; u < 8; u += 2) {
+      const int16x8_t h = vcombine_s16(vmovn_s32(qi[u]), vmovn_s32(qi[u + 1]));
+      vst1_s8(q + g * 32 + u * 4, vmovn_s16(h));
+    }
+    const int32x4_t s = vaddq_s32(vaddq_s32(vaddq_s32(qi[0], qi[1]), vaddq_s32(qi[2], qi[3])),
+                                  vaddq_s32(vaddq_s32(qi[4], qi[5]), vaddq_s32(qi[6], qi[7])));
+    gsum[g] = vaddvq_s32(s);
+  }
+  *scale_out = scale;
+  *zp_out = (int32_t)zpf;
+}
+#endif
+
 using QuantFn = void (*)(const float*, int64_t, int8_t*, int32_t*, float*, int32_t*);
 
 // ---- 16-row x NT-token micro-kernels: acc[i*16 + r] = sum_g s[r,g] * dot_g(q_w[r], q_a[i]) ----
 // wp: row block start (G groups x 256 bytes); sc: G x 16 fp16 scales.
+
+// d[r] = dot(q_w[r], q_a) over one group (exact int32), for the 16 rows of block b.
+inline void dot_group_portable(const uint8_t* b, const int8_t* qa, int32_t* d) {
+  for (int r = 0; r < 16; ++r) {
+    int32_t acc = 0;
+    for (int s = 0; s < 4; ++s) {
+      for (int j = 0; j < 4; ++j) {
+        uint8_t byte = b[s * 64 + r * 4 + j];
+        int lo = (int)(byte & 0xF); lo = lo >= 8 ? lo - 16 : lo;
+        int hi = (int)(byte >> 4); hi = hi >= 8 ? hi - 16 : hi;
+        acc += lo * qa[s * 4 + j] + hi * qa[(s + 4) * 4 + j];
+      }
+    }
+    d[r] = acc;
+  }
+}
 
 void rb_portable(const uint8_t* wp, const uint16_t* sc, int64_t G, int nt, const ActRow* a, float* acc, const float*) {
   for (int i = 0; i < nt; ++i) {
     float* o = acc + i * 16;
     for (int r = 0; r < 16; ++r) o[r] = 0.0f;
     for (int64_t g = 0; g < G; ++g) {
-      const uint8_t* b = wp + g * 256;
-      const int8_t* qa = a[i].q + g * 32;
+      int32_t d[16];
+      dot_group_portable(wp + g * 256, a[i].q + g * 32, d);
       for (int r = 0; r < 16; ++r) {
-        int32_t d = 0;
-        for (int s = 0; s < 4; ++s) {
-          for (int j = 0; j < 4; ++j) {
-            uint8_t byte = b[s * 64 + r * 4 + j];
-            int lo = (int)(byte & 0xF); lo = lo >= 8 ? lo - 16 : lo;
-            int hi = (int)(byte >> 4); hi = hi >= 8 ? hi - 16 : hi;
-            d += lo * qa[s * 4 + j] + hi * qa[(s + 4) * 4 + j];
-          }
-        }
-        o[r] += half_to_float(sc[g * 16 + r]) * (float)d;
+#ifdef MMOE_X86
+        o[r] += half_to_float(sc[g * 16 + r]) * (float)d[r];
+#else  // fused, as the NEON path (and whatever contraction the compiler would choose)
+        o[r] = std::fma(half_to_float(sc[g * 16 + r]), (float)d[r], o[r]);
+#endif
       }
     }
   }
@@ -319,12 +382,101 @@ void rb_vnni(const uint8_t* wp, const uint16_t* sc, int64_t G, int nt, const Act
 }
 #endif
 
+#ifdef MMOE_NEON
+// Rows 4k..4k+3 of a block: wl[s] / wh[s] hold their low / high nibbles of step s (signed),
+// 4 bytes per row; returns the four rows' exact int32 group dots with q_a (32 bytes).
+inline int32x4_t neon_dot4(const int8x16_t* wl, const int8x16_t* wh, const int8_t* qa) {
+#if defined(__ARM_FEATURE_DOTPROD)
+  const int8x16_t a0 = vld1q_s8(qa), a1 = vld1q_s8(qa + 16);
+  int32x4_t d = vdotq_laneq_s32(vdupq_n_s32(0), wl[0], a0, 0);
+  d = vdotq_laneq_s32(d, wl[1], a0, 1);
+  d = vdotq_laneq_s32(d, wl[2], a0, 2);
+  d = vdotq_laneq_s32(d, wl[3], a0, 3);
+  d = vdotq_laneq_s32(d, wh[0], a1, 0);
+  d = vdotq_laneq_s32(d, wh[1], a1, 1);
+  d = vdotq_laneq_s32(d, wh[2], a1, 2);
+  d = vdotq_laneq_s32(d, wh[3], a1, 3);
+  return d;
+#else
+  int8x8_t ad[8];  // the 4 activations of step s, twice (one copy per row of a half)
+  for (int s = 0; s < 8; ++s) {
+    int32_t v;
+    std::memcpy(&v, qa + s * 4, 4);
+    ad[s] = vreinterpret_s8_s32(vdup_n_s32(v));
+  }
+  int16x8_t pl = vmull_s8(vget_low_s8(wl[0]), ad[0]), ph = vmull_s8(vget_high_s8(wl[0]), ad[0]);
+  for (int s = 1; s < 4; ++s) {
+    pl = vmlal_s8(pl, vget_low_s8(wl[s]), ad[s]);
+    ph = vmlal_s8(ph, vget_high_s8(wl[s]), ad[s]);
+  }
+  for (int s = 0; s < 4; ++s) {
+    pl = vmlal_s8(pl, vget_low_s8(wh[s]), ad[s + 4]);
+    ph = vmlal_s8(ph, vget_high_s8(wh[s]), ad[s + 4]);
+  }
+  // pl: rows 4k, 4k+1 (4 int16 each); pairwise widening sums, then pairs of pairs
+  return vpaddq_s32(vpaddlq_s16(pl), vpaddlq_s16(ph));
+#endif
+}
+
+// Signed nibbles of rows 4k..4k+3 of block b: low nibble (<< 4, arithmetic >> 4), high (>> 4).
+inline void neon_unpack4(const uint8_t* b, int k, int8x16_t* wl, int8x16_t* wh) {
+  for (int s = 0; s < 4; ++s) {
+    const int8x16_t raw = vreinterpretq_s8_u8(vld1q_u8(b + s * 64 + k * 16));
+    wl[s] = vshrq_n_s8(vshlq_n_s8(raw, 4), 4);
+    wh[s] = vshrq_n_s8(raw, 4);
+  }
+}
+
+// Same as dot_group_portable (for the self-test).
+inline void dot_group_neon(const uint8_t* b, const int8_t* qa, int32_t* d) {
+  for (int k = 0; k < 4; ++k) {
+    int8x16_t wl[4], wh[4];
+    neon_unpack4(b, k, wl, wh);
+    vst1q_s32(d + 4 * k, neon_dot4(wl, wh, qa));
+  }
+}
+
+template <int NT>
+void rb_neon_t(const uint8_t* wp, const uint16_t* sc, int64_t G, const ActRow* a, float* acc) {
+  float32x4_t facc[NT][4];
+  for (int i = 0; i < NT; ++i)
+    for (int k = 0; k < 4; ++k) facc[i][k] = vdupq_n_f32(0.0f);
+  for (int64_t g = 0; g < G; ++g) {
+    const uint8_t* b = wp + g * 256;
+    __builtin_prefetch(b + 2048);
+    for (int k = 0; k < 4; ++k) {
+      int8x16_t wl[4], wh[4];
+      neon_unpack4(b, k, wl, wh);
+      const float32x4_t scale = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(sc + g * 16 + 4 * k)));
+      for (int i = 0; i < NT; ++i) {
+        const int32x4_t d = neon_dot4(wl, wh, a[i].q + g * 32);
+        facc[i][k] = vfmaq_f32(facc[i][k], scale, vcvtq_f32_s32(d));
+      }
+    }
+  }
+  for (int i = 0; i < NT; ++i)
+    for (int k = 0; k < 4; ++k) vst1q_f32(acc + i * 16 + 4 * k, facc[i][k]);
+}
+
+void rb_neon(const uint8_t* wp, const uint16_t* sc, int64_t G, int nt, const ActRow* a, float* acc, const float*) {
+  switch (nt) {
+    case 1: rb_neon_t<1>(wp, sc, G, a, acc); break;
+    case 2: rb_neon_t<2>(wp, sc, G, a, acc); break;
+    case 3: rb_neon_t<3>(wp, sc, G, a, acc); break;
+    default: rb_neon_t<4>(wp, sc, G, a, acc); break;
+  }
+}
+#endif
+
 using RbFn = void (*)(const uint8_t*, const uint16_t*, int64_t, int, const ActRow*, float*, const float*);
 
 RbFn pick(int isa, int* nt_max) {
 #ifdef MMOE_X86
   if (isa == kAvx512Vnni) { *nt_max = kVnniMaxNt; return rb_vnni; }
   if (isa == kAvx2) { *nt_max = 4; return rb_avx2; }
+#endif
+#ifdef MMOE_NEON
+  if (isa == kNeon) { *nt_max = 4; return rb_neon; }
 #endif
   *nt_max = 4;
   return rb_portable;
@@ -466,6 +618,9 @@ int moe_ffn_8da4w(const float* x, const int64_t* ids, const float* gates, int64_
   QuantFn quant = quant_row;
 #ifdef MMOE_X86
   if (current_isa() != kPortable) quant = quant_row_avx2;
+#endif
+#ifdef MMOE_NEON
+  if (current_isa() == kNeon) quant = quant_row_neon;
 #endif
   const bool act_u8 = current_isa() == kAvx512Vnni;  // VNNI reads u = q + 128 (= q ^ 0x80)
   auto to_u8 = [](int8_t* q, int64_t n) {

@@ -64,7 +64,7 @@ def lib():
 
 
 def _isas(lib):
-    return [i for i in ("portable", "avx2", "avx512vnni") if lib.mmoe_set_isa(i.encode()) == 0]
+    return [i for i in ("portable", "avx2", "avx512vnni", "neon") if lib.mmoe_set_isa(i.encode()) == 0]
 
 
 SHAPES = [  # H, KV, hd, S

@@ -24,7 +24,7 @@ def lib():
 
 
 def _isas(lib):
-    return [i for i in ("portable", "avx2", "avx512vnni") if lib.mmoe_set_isa(i.encode()) == 0]
+    return [i for i in ("portable", "avx2", "avx512vnni", "neon") if lib.mmoe_set_isa(i.encode()) == 0]
 
 
 CASES = [  # T, K, E, D, H
@@ -39,7 +39,7 @@ CASES = [  # T, K, E, D, H
 
 
 def test_isa_name(lib):
-    assert mobilemoe_kernels.isa() in ("portable", "avx2", "avx512vnni")
+    assert mobilemoe_kernels.isa() in ("portable", "avx2", "avx512vnni", "neon")
     assert lib.mmoe_set_isa(b"bogus") == -1
 
 
