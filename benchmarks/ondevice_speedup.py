@@ -66,23 +66,12 @@ QUICK_DECODE_OF_BOUND, QUICK_PREFILL = 0.7, 1.2  # quick-look targets (--layers 
 # -- bytes read per decoded token --------------------------------------------------------
 
 
-def kv_slots_read(cfg, position: int) -> int:
-    """Cache slots all layers' attention reads for a query at ``position`` (mmoe::attend_kv)."""
-    return sum(
-        min(position + 1, cfg.sliding_window)
-        if cfg.sliding_window and cfg.is_local_layer(i)
-        else position + 1
-        for i in range(cfg.n_layers)
-    )
-
-
 def bytes_per_token(cfg, position: int) -> dict:
     """INT4 weight bytes a decoded token reads, and the fp32 KV bytes our attention reads at ``position``."""
-    from mobilemoe.model.accounting import decode_bytes
+    from mobilemoe.model.accounting import decode_bytes, kv_read_bytes
 
     d = decode_bytes(cfg, MAX_SEQ_LEN)
-    kv = 2 * cfg.n_kv_heads * cfg.resolved_head_dim * 4 * kv_slots_read(cfg, position)
-    return {"weights": d.active_weight_bytes, "kv": kv}
+    return {"weights": d.active_weight_bytes, "kv": kv_read_bytes(cfg, position)}
 
 
 def export_fingerprint() -> str:

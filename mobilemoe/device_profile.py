@@ -168,20 +168,27 @@ def profile_metrics(result: dict) -> dict[str, float]:
 def bytes_metrics(params, result: dict) -> dict[str, float]:
     """What a decoded token reads (``mobilemoe.model.accounting.decode_bytes``) and the
     decode bandwidth that implies at the measured speed (weights + KV cache read per
-    token x tokens/s). The program's attention reads every one of its cache slots."""
-    from .model.accounting import decode_bytes
+    token x tokens/s). The program's attention (``mmoe::attend_kv``) reads the slots a
+    query may see: counted at the middle of the decode after the median prompt length."""
+    import statistics
+
+    from .model.accounting import decode_bytes, kv_read_bytes
 
     context = params.export.max_seq_len or params.model.max_seq_len
     db = decode_bytes(params.model, context)
+    lab = params.device_lab
+    position = min(int(statistics.median(lab.prompt_lengths)) + lab.decode_tokens // 2, context - 1)
+    kv = kv_read_bytes(params.model, position)
     out = {
         "device_active_weight_bytes_per_token": float(db.active_weight_bytes),
         "device_total_weight_bytes": float(db.total_weight_bytes),
-        "device_kv_bytes_per_token": float(db.kv_bytes),
+        "device_kv_bytes_per_token": float(kv),
+        "device_kv_position": float(position),
         "device_active_weight_fraction": db.active_weight_bytes / db.total_weight_bytes,
     }
     decode = result.get("decode_tok_per_s") if result.get("status") == "ok" else None
     if decode:
-        out["device_decode_bandwidth_gb_s"] = (db.active_weight_bytes + db.kv_bytes) * decode / 1e9
+        out["device_decode_bandwidth_gb_s"] = (db.active_weight_bytes + kv) * decode / 1e9
     return out
 
 

@@ -146,6 +146,23 @@ class DecodeBytes:
         return asdict(self)
 
 
+def kv_slots_read(cfg: ModelConfig, position: int) -> int:
+    """Cache slots all layers' attention reads for a query at ``position``: the exported
+    program's ``mmoe::attend_kv`` reads slots 0..position, at most the window in a
+    sliding-window layer."""
+    return sum(
+        min(position + 1, cfg.sliding_window)
+        if cfg.sliding_window and cfg.is_local_layer(i)
+        else position + 1
+        for i in range(cfg.n_layers)
+    )
+
+
+def kv_read_bytes(cfg: ModelConfig, position: int, kv_dtype_bytes: int = 4) -> int:
+    """KV-cache bytes (K and V) the exported program reads to decode a token at ``position``."""
+    return 2 * cfg.n_kv_heads * cfg.resolved_head_dim * kv_dtype_bytes * kv_slots_read(cfg, position)
+
+
 def decode_bytes(cfg: ModelConfig, kv_slots: int, kv_dtype_bytes: int = 4) -> DecodeBytes:
     import torch  # noqa: F401
     from torch import nn

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import threading
 
 import pytest
@@ -56,6 +57,12 @@ def test_embedded_lab_profiles_the_program(tmp_path, llm_pte, tokenizer_file):
     # What a decoded token reads, and the bandwidth that implies at the measured speed.
     b = bytes_metrics(params, result)
     assert b["device_active_weight_bytes_per_token"] < b["device_total_weight_bytes"]
+    # KV bytes: the slots read at the middle of the decode after the median prompt
+    lab, m = params.device_lab, params.model
+    pos = int(statistics.median(lab.prompt_lengths)) + lab.decode_tokens // 2
+    assert b["device_kv_position"] == pos
+    per_slot = 2 * m.n_kv_heads * m.resolved_head_dim * 4  # K and V, fp32
+    assert m.sliding_window is None and b["device_kv_bytes_per_token"] == per_slot * m.n_layers * (pos + 1)
     assert b["device_decode_bandwidth_gb_s"] == pytest.approx(
         (b["device_active_weight_bytes_per_token"] + b["device_kv_bytes_per_token"])
         * result["decode_tok_per_s"]

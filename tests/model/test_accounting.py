@@ -148,3 +148,16 @@ def test_decode_bytes_follow_the_chosen_experts():
 
     assert bound(None) == pytest.approx(3.96, rel=0.03)
     assert bound(4) == pytest.approx(2.75, rel=0.01)
+
+
+def test_kv_read_bytes_count_the_slots_attention_reads():
+    """Global layers read slots 0..p; sliding-window layers at most their window."""
+    from mobilemoe.model.accounting import kv_read_bytes, kv_slots_read
+
+    cfg = load_preset("dense-mobilellm-pro").model  # 3 local (window 512) : 1 global
+    local = sum(cfg.is_local_layer(i) for i in range(cfg.n_layers))
+    assert 0 < local < cfg.n_layers and cfg.sliding_window == 512
+    assert kv_slots_read(cfg, 100) == cfg.n_layers * 101  # inside the window: all alike
+    assert kv_slots_read(cfg, 1900) == local * 512 + (cfg.n_layers - local) * 1901
+    per_slot = 2 * cfg.n_kv_heads * cfg.resolved_head_dim * 4
+    assert kv_read_bytes(cfg, 1900) == per_slot * kv_slots_read(cfg, 1900)
