@@ -27,7 +27,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -36,6 +35,8 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from stamp import time_per_call  # noqa: E402  (this script's folder is on sys.path)
 
 import mobilemoe_kernels  # noqa: E402
 import mobilemoe_kernels.ops  # noqa: E402,F401
@@ -150,13 +151,6 @@ def build_programs(tmp: Path) -> dict[str, Path]:
     return paths
 
 
-def _time(fn, calls: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - t0) / calls
-
-
 def run(paths: dict[str, Path], threads: int, reps: int, calls: int) -> dict:
     from executorch.extension.pybindings import _C
 
@@ -174,7 +168,7 @@ def run(paths: dict[str, Path], threads: int, reps: int, calls: int) -> dict:
     samples: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(reps):
         for k, f in cases.items():
-            samples[k].append(_time(f, calls) * 1e6)
+            samples[k].append(time_per_call(f, calls) * 1e6)
     return {
         k: {"median_us": statistics.median(v), "min_us": min(v), "max_us": max(v)} for k, v in samples.items()
     }

@@ -17,11 +17,9 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -30,6 +28,8 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from stamp import cpu_model, time_per_call  # noqa: E402  (this script's folder is on sys.path)
 
 import mobilemoe_kernels  # noqa: E402
 import mobilemoe_kernels.ops  # noqa: E402,F401
@@ -94,13 +94,6 @@ def build_programs(tmp: Path) -> dict[str, Path]:
     return paths
 
 
-def _time(fn, calls: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - t0) / calls
-
-
 def run(paths: dict[str, Path], threads: int, reps: int, calls: int) -> dict:
     from executorch.extension.pybindings import _C
 
@@ -136,21 +129,11 @@ def run(paths: dict[str, Path], threads: int, reps: int, calls: int) -> dict:
     for _ in range(reps):
         for k, f in cases.items():
             n = calls if k.startswith("decode") else max(3, calls // 10)
-            samples[k].append(_time(f, n) * 1e6)
+            samples[k].append(time_per_call(f, n) * 1e6)
     res = {
         k: {"median_us": statistics.median(v), "min_us": min(v), "max_us": max(v)} for k, v in samples.items()
     }
     return res
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main(argv=None) -> int:

@@ -100,11 +100,16 @@ def export_one(preset: str, layers: int | None, out: Path) -> dict:
     import torch
 
     from mobilemoe.export.pipeline import moe_summary
-    from mobilemoe.export.program import export_program, lower, operator_report, to_executorch
+    from mobilemoe.export.program import (
+        export_program,
+        lower,
+        operator_report,
+        runner_metadata,
+        to_executorch,
+    )
     from mobilemoe.model import build_model
     from mobilemoe.model.accounting import account
     from mobilemoe.quant import convert_qat
-    from mobilemoe.tokens import BOS_ID, END_OF_TURN_ID, EOS_ID
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     params = model_config(preset, layers)
@@ -114,17 +119,7 @@ def export_one(preset: str, layers: int | None, out: Path) -> dict:
     model = build_model(cfg).eval()
     model = convert_qat(model, params.qat)
     t_build = time.perf_counter() - t0
-    metadata = {
-        "get_max_seq_len": MAX_SEQ_LEN,
-        "get_max_context_len": MAX_SEQ_LEN,
-        "get_vocab_size": cfg.vocab_size,
-        "get_n_layers": cfg.n_layers,
-        "get_bos_id": BOS_ID,
-        "get_eos_ids": [EOS_ID, END_OF_TURN_ID],
-        "use_kv_cache": True,
-        "use_sdpa_with_kv_cache": False,
-        "enable_dynamic_shape": True,
-    }
+    metadata = runner_metadata(cfg, MAX_SEQ_LEN)
     with torch.no_grad():
         exported = export_program(model, MAX_SEQ_LEN)
     program = to_executorch(lower(exported, metadata))

@@ -1,4 +1,5 @@
-"""Summary files of the benchmarks: the result plus the machine and the date it was measured.
+"""Summary files of the benchmarks: the result plus the machine and the date it was measured
+(and the one timing helper the kernel benchmarks share).
 
 Every benchmark script writes ``benchmarks/results/<name>.json`` through ``write_result``,
 so ``benchmarks/report.py`` can render docs/benchmarks.md from files instead of figures
@@ -13,6 +14,7 @@ import datetime
 import json
 import os
 import platform
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -58,6 +60,14 @@ def machine_info() -> dict:
     except ImportError:
         pass
     return info
+
+
+def time_per_call(fn, calls: int) -> float:
+    """Seconds per call of ``fn`` over ``calls`` back-to-back calls (wall clock)."""
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) / calls
 
 
 def utc_now() -> str:

@@ -132,7 +132,12 @@ def load_source(checkpoint_dir: str | os.PathLike, quantize: str = "8da4w", ptq:
 
 
 def program_metadata(src: SourceModel, max_context_len: int) -> dict[str, Any]:
-    cfg = src.model.cfg
+    return runner_metadata(src.model.cfg, max_context_len, src.use_chat_template)
+
+
+def runner_metadata(cfg: Any, max_context_len: int, use_chat_template: bool = False) -> dict[str, Any]:
+    """The constant methods ExecuTorch's LLM runner reads, for a model of config ``cfg``
+    (also used by benchmarks that build models without a checkpoint)."""
     return {
         "get_max_seq_len": max_context_len,  # tokens per call: a whole context fits one prefill
         "get_max_context_len": max_context_len,
@@ -143,7 +148,7 @@ def program_metadata(src: SourceModel, max_context_len: int) -> dict[str, Any]:
         "use_kv_cache": True,
         "use_sdpa_with_kv_cache": False,
         "enable_dynamic_shape": True,
-        "use_chat_template": src.use_chat_template,
+        "use_chat_template": use_chat_template,
     }
 
 
