@@ -21,7 +21,6 @@ then one JSON line; also writes benchmarks/results/attention.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -36,7 +35,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stamp import time_per_call  # noqa: E402  (this script's folder is on sys.path)
+from stamp import time_per_call, write_result  # noqa: E402  (this script's folder is on sys.path)
 
 import mobilemoe_kernels  # noqa: E402
 import mobilemoe_kernels.ops  # noqa: E402,F401
@@ -199,11 +198,8 @@ def main(argv=None) -> int:
         "positions": list(POSITIONS),
         "window": WINDOW,
         "isa": mobilemoe_kernels.isa(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    res_dir = ROOT / "benchmarks" / "results"
-    res_dir.mkdir(parents=True, exist_ok=True)
-    (res_dir / "attention.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_result("attention", out)  # with the machine and the date
     print(json.dumps(out))
     return 0
 

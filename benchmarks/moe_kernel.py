@@ -14,7 +14,6 @@ then one JSON line; also writes benchmarks/results/moe_kernel.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
@@ -29,7 +28,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stamp import cpu_model, time_per_call  # noqa: E402  (this script's folder is on sys.path)
+from stamp import time_per_call, write_result  # noqa: E402  (this script's folder is on sys.path)
 
 import mobilemoe_kernels  # noqa: E402
 import mobilemoe_kernels.ops  # noqa: E402,F401
@@ -178,12 +177,8 @@ def main(argv=None) -> int:
             for th, res in results.items()
         },
         "shapes": {"D": D, "E": E, "H": H, "K": K, "T_prefill": 128},
-        "cpu": cpu_model(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    res_dir = ROOT / "benchmarks" / "results"
-    res_dir.mkdir(parents=True, exist_ok=True)
-    (res_dir / "moe_kernel.json").write_text(json.dumps(out, indent=2) + "\n")
+    write_result("moe_kernel", out)  # with the machine and the date
     print(json.dumps(out))
     return 0
 

@@ -134,8 +134,8 @@ class DecodeBytes:
     ``active_weight_bytes``: every linear it passes (attention, router in fp32, shared
     expert, the top-k routed experts, dense FFNs, the LM head, norms) plus one embedding
     row; ``total_weight_bytes``: all weights (``Accounting.int4_weight_bytes``);
-    ``kv_bytes``: the KV cache the attention reads (``kv_slots`` slots of every layer; the
-    exported program reads every slot of its cache, written or not, in fp32).
+    ``kv_bytes``: ``kv_slots`` fp32 cache slots of every layer, an upper bound; what the
+    exported program's ``mmoe::attend_kv`` reads at a position is :func:`kv_read_bytes`.
     """
 
     active_weight_bytes: int
