@@ -50,6 +50,7 @@
 #endif
 
 #include "parallel.h"
+#include "vec.h"
 
 namespace mmoe {
 namespace {
@@ -176,8 +177,10 @@ void quant_row(const float* v, int64_t C, int8_t* q, int32_t* gsum, float* scale
 #ifdef MMOE_X86
 // Same numerics as quant_row (min/max are order-free; _mm256_round_ps nearest-even ==
 // nearbyint under the default rounding mode; same fp32 operations per element).
-__attribute__((target("avx2,fma"))) void quant_row_avx2(const float* v, int64_t C, int8_t* q, int32_t* gsum,
-                                                        float* scale_out, int32_t* zp_out) {
+// U8: store q ^ 0x80 (= q + 128 as a byte, what the VNNI path reads); the group sums are of q.
+template <bool U8>
+__attribute__((target("avx2,fma"))) void quant_row_avx2_t(const float* v, int64_t C, int8_t* q, int32_t* gsum,
+                                                          float* scale_out, int32_t* zp_out) {
   __m256 vmn = _mm256_loadu_ps(v), vmx = vmn;
   for (int64_t i = 8; i < C; i += 8) {
     __m256 t = _mm256_loadu_ps(v + i);
@@ -205,6 +208,7 @@ __attribute__((target("avx2,fma"))) void quant_row_avx2(const float* v, int64_t 
     __m256i p01 = _mm256_permute4x64_epi64(_mm256_packs_epi32(qi[0], qi[1]), 0xD8);
     __m256i p23 = _mm256_permute4x64_epi64(_mm256_packs_epi32(qi[2], qi[3]), 0xD8);
     __m256i b = _mm256_permute4x64_epi64(_mm256_packs_epi16(p01, p23), 0xD8);
+    if (U8) b = _mm256_xor_si256(b, _mm256_set1_epi8((char)0x80));
     _mm256_storeu_si256((__m256i*)(q + g * 32), b);
     __m256i s = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3]));
     alignas(32) int32_t sb[8];
@@ -213,6 +217,12 @@ __attribute__((target("avx2,fma"))) void quant_row_avx2(const float* v, int64_t 
   }
   *scale_out = scale;
   *zp_out = (int32_t)zpf;
+}
+void quant_row_avx2(const float* v, int64_t C, int8_t* q, int32_t* gsum, float* scale_out, int32_t* zp_out) {
+  quant_row_avx2_t<false>(v, C, q, gsum, scale_out, zp_out);
+}
+void quant_row_avx2_u8(const float* v, int64_t C, int8_t* q, int32_t* gsum, float* scale_out, int32_t* zp_out) {
+  quant_row_avx2_t<true>(v, C, q, gsum, scale_out, zp_out);
 }
 #endif
 
@@ -325,41 +335,71 @@ __attribute__((target("avx2,fma,f16c"))) void rb_avx2_t(const uint8_t* wp, const
 }
 
 // VNNI: weights as signed bytes q*16 (high nibble: & 0xF0; low nibble: << 4 then & 0xF0),
-// activations unsigned u = q_a + 128 (ActRow.q holds q_a ^ 0x80 on this path): dpbusd gives 16 * dot_g(q_w, u). The kernel returns
-// sum_g s_g dot_g(q_w, q_a) = (sum_g s_g * 16 dot_g(q_w, u)) / 16 - 128 * corr, the same
-// quantity as the other paths (shared epilogue). Two accumulator chains hide dpbusd latency.
+// activations unsigned u = q_a + 128 (ActRow.q holds q_a ^ 0x80 on this path): dpbusd gives
+// 16 * dot_g(q_w, u), and sum_g s_g dot_g(q_w, q_a) = (sum_g s_g * 16 dot_g(q_w, u)) / 16
+// - 128 * corr. The epilogue is fused: out[i * ldo + r] = scale_i * (acc - zp_i * corr[r]),
+// with acc - zp_i * corr[r] as one FMA (one rounding; the shared scalar epilogue of the other
+// paths rounds the product too).
+// Per group the 8 unpacked weight vectors serve all NT tokens; the tokens run in chunks of
+// up to kVnniChunk whose int32 accumulators advance together (one dpbusd chain per token,
+// kVnniChunk chains in flight against dpbusd's latency), then one convert and one FMA per
+// token and group. Only 512-bit dpbusd, convert and FMA per token: the unpacking (12
+// operations per group) is shared by the tile.
+constexpr int kVnniChunk = 6;
 template <int NT>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c"))) void rb_vnni_t(
-    const uint8_t* wp, const uint16_t* sc, int64_t G, const ActRow* a, float* acc, const float* corr) {
+    const uint8_t* wp, const uint16_t* sc, int64_t G, const ActRow* a, const float* corr, float* out,
+    int64_t ldo) {
   const __m512i mf0 = _mm512_set1_epi8((char)0xF0);
+  const int8_t* q[NT];
+#pragma GCC unroll 16
+  for (int i = 0; i < NT; ++i) q[i] = a[i].q;
   __m512 facc[NT];
+#pragma GCC unroll 16
   for (int i = 0; i < NT; ++i) facc[i] = _mm512_setzero_ps();
   for (int64_t g = 0; g < G; ++g) {
     const uint8_t* b = wp + g * 256;
+    // the weights 16 groups ahead (the next row block's after the last groups: blocks are
+    // contiguous per expert), and their scales
     _mm_prefetch((const char*)(b + 4096), _MM_HINT_T0);
     _mm_prefetch((const char*)(b + 4096 + 64), _MM_HINT_T0);
     _mm_prefetch((const char*)(b + 4096 + 128), _MM_HINT_T0);
     _mm_prefetch((const char*)(b + 4096 + 192), _MM_HINT_T0);
+    _mm_prefetch((const char*)(sc + g * 16 + 256), _MM_HINT_T0);
     __m512i w[8];
     for (int s = 0; s < 4; ++s) {
-      __m512i raw = _mm512_loadu_si512((const void*)(b + s * 64));
+      const __m512i raw = _mm512_loadu_si512((const void*)(b + s * 64));
       w[s] = _mm512_and_si512(_mm512_slli_epi16(raw, 4), mf0);
       w[s + 4] = _mm512_and_si512(raw, mf0);
     }
-    __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(sc + g * 16)));
-    for (int i = 0; i < NT; ++i) {
-      const int8_t* qa = a[i].q + g * 32;
-      __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
-      for (int s = 0; s < 8; s += 2) {
-        s0 = _mm512_dpbusd_epi32(s0, _mm512_set1_epi32(load_i32(qa + s * 4)), w[s]);
-        s1 = _mm512_dpbusd_epi32(s1, _mm512_set1_epi32(load_i32(qa + s * 4 + 4)), w[s + 1]);
+    const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(sc + g * 16)));
+#pragma GCC unroll 4
+    for (int i0 = 0; i0 < NT; i0 += kVnniChunk) {
+      constexpr int kC = NT < kVnniChunk ? NT : kVnniChunk;
+      __m512i acc[kC];
+#pragma GCC unroll 8
+      for (int i = 0; i < kC; ++i) acc[i] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+      for (int s = 0; s < 8; ++s) {
+#pragma GCC unroll 8
+        for (int i = 0; i < kC; ++i)
+          if (i0 + i < NT)
+            acc[i] = _mm512_dpbusd_epi32(acc[i], _mm512_set1_epi32(load_i32(q[i0 + i] + g * 32 + s * 4)), w[s]);
       }
-      facc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), scale, facc[i]);
+#pragma GCC unroll 8
+      for (int i = 0; i < kC; ++i)
+        if (i0 + i < NT) facc[i0 + i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i]), scale, facc[i0 + i]);
     }
   }
-  const __m512 c128 = _mm512_mul_ps(_mm512_loadu_ps(corr), _mm512_set1_ps(128.0f));
+  const __m512 vc = _mm512_loadu_ps(corr);
+  const __m512 c128 = _mm512_mul_ps(vc, _mm512_set1_ps(128.0f));
   const __m512 inv16 = _mm512_set1_ps(1.0f / 16.0f);
-  for (int i = 0; i < NT; ++i) _mm512_storeu_ps(acc + i * 16, _mm512_fmsub_ps(facc[i], inv16, c128));
+#pragma GCC unroll 16
+  for (int i = 0; i < NT; ++i) {
+    const __m512 acc = _mm512_fmsub_ps(facc[i], inv16, c128);
+    const __m512 centered = _mm512_fnmadd_ps(_mm512_set1_ps((float)a[i].zp), vc, acc);  // acc - zp * corr
+    _mm512_storeu_ps(out + i * ldo, _mm512_mul_ps(_mm512_set1_ps(a[i].scale), centered));
+  }
 }
 
 void rb_avx2(const uint8_t* wp, const uint16_t* sc, int64_t G, int nt, const ActRow* a, float* acc, const float*) {
@@ -372,13 +412,14 @@ void rb_avx2(const uint8_t* wp, const uint16_t* sc, int64_t G, int nt, const Act
 }
 template <int... Ns>
 struct VnniTable {
-  static constexpr void (*fns[])(const uint8_t*, const uint16_t*, int64_t, const ActRow*, float*, const float*) = {
-      rb_vnni_t<Ns>...};
+  static constexpr void (*fns[])(const uint8_t*, const uint16_t*, int64_t, const ActRow*, const float*, float*,
+                                 int64_t) = {rb_vnni_t<Ns>...};
 };
 constexpr int kVnniMaxNt = 12;
-void rb_vnni(const uint8_t* wp, const uint16_t* sc, int64_t G, int nt, const ActRow* a, float* acc, const float* corr) {
+void rb_vnni(const uint8_t* wp, const uint16_t* sc, int64_t G, int nt, const ActRow* a, const float* corr,
+             float* out, int64_t ldo) {
   using T = VnniTable<1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12>;
-  T::fns[std::min(std::max(nt, 1), kVnniMaxNt) - 1](wp, sc, G, a, acc, corr);
+  T::fns[std::min(std::max(nt, 1), kVnniMaxNt) - 1](wp, sc, G, a, corr, out, ldo);
 }
 #endif
 
@@ -468,22 +509,70 @@ void rb_neon(const uint8_t* wp, const uint16_t* sc, int64_t G, int nt, const Act
 }
 #endif
 
-using RbFn = void (*)(const uint8_t*, const uint16_t*, int64_t, int, const ActRow*, float*, const float*);
+// A path's micro-kernel with the epilogue: out[i * ldo + r] = a[i].scale * (acc[i][r] - a[i].zp * corr[r])
+// for the nt tokens i and 16 rows r of one row block.
+using RbFn = void (*)(const uint8_t*, const uint16_t*, int64_t, int, const ActRow*, const float*, float*, int64_t);
+using RbAccFn = void (*)(const uint8_t*, const uint16_t*, int64_t, int, const ActRow*, float*, const float*);
+
+// The paths whose micro-kernel returns the accumulators: the shared scalar epilogue.
+template <RbAccFn F>
+void rb_epilogue(const uint8_t* wp, const uint16_t* sc, int64_t G, int nt, const ActRow* a, const float* corr,
+                 float* out, int64_t ldo) {
+  alignas(64) float acc[16 * 16];
+  F(wp, sc, G, nt, a, acc, corr);
+  for (int i = 0; i < nt; ++i) {
+    float* o = out + i * ldo;
+    const float sa = a[i].scale;
+    const float zp = (float)a[i].zp;
+    for (int r = 0; r < 16; ++r) o[r] = sa * (acc[i * 16 + r] - zp * corr[r]);
+  }
+}
 
 RbFn pick(int isa, int* nt_max) {
 #ifdef MMOE_X86
   if (isa == kAvx512Vnni) { *nt_max = kVnniMaxNt; return rb_vnni; }
-  if (isa == kAvx2) { *nt_max = 4; return rb_avx2; }
+  if (isa == kAvx2) { *nt_max = 4; return rb_epilogue<rb_avx2>; }
 #endif
 #ifdef MMOE_NEON
-  if (isa == kNeon) { *nt_max = 4; return rb_neon; }
+  if (isa == kNeon) { *nt_max = 4; return rb_epilogue<rb_neon>; }
 #endif
   *nt_max = 4;
-  return rb_portable;
+  return rb_epilogue<rb_portable>;
+}
+
+// h[j] = silu(gate[j]) * up[j] for j < H (H % 32 == 0), W floats at a time (vec::silu: the
+// same operations on every path of one width; on AArch64 the portable and neon paths both
+// run the 4-wide body, so they stay bit-identical).
+template <int W>
+inline __attribute__((always_inline)) void swiglu_row_w(const float* gate, const float* up, int64_t H, float* h) {
+  for (int64_t j = 0; j < H; j += W)
+    vec::store<W>(h + j, vec::silu<W>(vec::load<W>(gate + j)) * vec::load<W>(up + j));
+}
+void swiglu_row_4(const float* gate, const float* up, int64_t H, float* h) { swiglu_row_w<4>(gate, up, H, h); }
+#ifdef MMOE_X86
+__attribute__((target("avx2,fma"))) void swiglu_row_8(const float* gate, const float* up, int64_t H, float* h) {
+  swiglu_row_w<8>(gate, up, H, h);
+}
+__attribute__((target("avx512f,avx512vl,avx512bw,fma"))) void swiglu_row_16(const float* gate, const float* up,
+                                                                            int64_t H, float* h) {
+  swiglu_row_w<16>(gate, up, H, h);
+}
+#endif
+using SwigluFn = void (*)(const float*, const float*, int64_t, float*);
+
+SwigluFn pick_swiglu(int isa) {
+#ifdef MMOE_X86
+  if (isa == kAvx512Vnni) return swiglu_row_16;
+  if (isa == kAvx2) return swiglu_row_8;
+#endif
+  (void)isa;
+  return swiglu_row_4;
 }
 
 struct Scratch {
   std::vector<int64_t> counts, offsets, order, pos_of_pair, active;
+  std::vector<ActRow> rows;  // a GEMM stage's activation rows, by sorted pair
+  int64_t P = 0;             // pairs (T * K)
   std::vector<int8_t> qx, qh;
   std::vector<int32_t> gx, gh, zx, zh;
   std::vector<float> sx, sh, gu, y;
@@ -512,6 +601,7 @@ bool check_ids(const int64_t* ids, int64_t n, int64_t E) {
 // Stable counting sort of pairs p = t*K + k by expert.
 void sort_pairs(Scratch& S, const int64_t* ids, int64_t P, int64_t E) {
   ensure(S.counts, E); ensure(S.offsets, E + 1); ensure(S.order, P); ensure(S.pos_of_pair, P);
+  S.P = P;
   std::fill(S.counts.begin(), S.counts.begin() + E, 0);
   for (int64_t p = 0; p < P; ++p) S.counts[ids[p]]++;
   S.offsets[0] = 0;
@@ -538,12 +628,20 @@ inline int64_t grain(int64_t n) {
 
 inline float silu(float v) { return v / (1.0f + std::exp(-v)); }
 
+// out[t] = sum_k gates[t,k] * y[pair(t,k)], summed in k order (the first term written, not
+// added to zero: the same value).
 void combine(const Scratch& S, const float* gates, const float* y, int64_t T, int64_t K, int64_t D, float* out) {
   executorch::extension::parallel_for(0, T, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       float* o = out + t * D;
-      for (int64_t d = 0; d < D; ++d) o[d] = 0.0f;
-      for (int64_t k = 0; k < K; ++k) {
+      if (K == 0) {
+        for (int64_t d = 0; d < D; ++d) o[d] = 0.0f;
+        continue;
+      }
+      const float g0 = gates[t * K];
+      const float* y0 = y + S.pos_of_pair[t * K] * D;
+      for (int64_t d = 0; d < D; ++d) o[d] = g0 * y0[d];
+      for (int64_t k = 1; k < K; ++k) {
         const float g = gates[t * K + k];
         const float* yr = y + S.pos_of_pair[t * K + k] * D;
         for (int64_t d = 0; d < D; ++d) o[d] += g * yr[d];
@@ -554,14 +652,19 @@ void combine(const Scratch& S, const float* gates, const float* y, int64_t T, in
 
 // One quantized GEMM stage: for each active expert and 16-row block, rows n of
 // out_rows[sorted pair, N] = act.scale * (acc - act.zp * corr[n]).
-void qgemm_stage(const Scratch& S, RbFn rb, int nt_max, const uint8_t* wp, const uint16_t* ws, const float* wc,
+void qgemm_stage(Scratch& S, RbFn rb, int nt_max, const uint8_t* wp, const uint16_t* ws, const float* wc,
                  int64_t N, int64_t Kin, const int8_t* qa, const int32_t* gsum, const float* sa, const int32_t* za,
                  bool act_by_token, int64_t K, float* outp) {
   const int64_t nrb = N / 16, G = Kin / 32;
+  const int64_t P = S.P;
+  ensure(S.rows, P);
+  for (int64_t j = 0; j < P; ++j) {  // once per stage, not per row block
+    const int64_t src = act_by_token ? S.order[j] / K : j;
+    S.rows[j] = ActRow{qa + src * Kin, gsum + src * G, sa[src], za[src]};
+  }
+  const ActRow* rows = S.rows.data();
   const int64_t nitems = (int64_t)S.active.size() * nrb;
   executorch::extension::parallel_for(0, nitems, grain(nitems), [&](int64_t ib, int64_t ie) {
-    ActRow rows[16];
-    alignas(64) float acc[16 * 16];
     for (int64_t it = ib; it < ie; ++it) {
       const int64_t e = S.active[it / nrb];
       const int64_t r0 = it % nrb;
@@ -572,22 +675,8 @@ void qgemm_stage(const Scratch& S, RbFn rb, int nt_max, const uint8_t* wp, const
       const int64_t ntiles = (end - beg + nt_max - 1) / nt_max;
       for (int64_t tile = 0, j = beg; tile < ntiles; ++tile) {
         const int nt = (int)((end - j) / (ntiles - tile));
-        const int64_t j0 = j;
+        rb(wblk, sblk, G, nt, rows + j, corr, outp + j * N + r0 * 16, N);
         j += nt;
-        for (int i = 0; i < nt; ++i) {
-          const int64_t src = act_by_token ? S.order[j0 + i] / K : (j0 + i);
-          rows[i].q = qa + src * Kin;
-          rows[i].gs = gsum + src * G;
-          rows[i].scale = sa[src];
-          rows[i].zp = za[src];
-        }
-        rb(wblk, sblk, G, nt, rows, acc, corr);
-        for (int i = 0; i < nt; ++i) {
-          float* o = outp + (j0 + i) * N + r0 * 16;
-          const float sc = rows[i].scale;
-          const float zp = (float)rows[i].zp;
-          for (int r = 0; r < 16; ++r) o[r] = sc * (acc[i * 16 + r] - zp * corr[r]);
-        }
       }
     }
   });
@@ -615,26 +704,22 @@ int moe_ffn_8da4w(const float* x, const int64_t* ids, const float* gates, int64_
   sort_pairs(S, ids, P, E);
   int nt_max = 4;
   RbFn rb = pick(current_isa(), &nt_max);
+  const SwigluFn swiglu = pick_swiglu(current_isa());
+  // VNNI reads u = q + 128 (q ^ 0x80): its quantizer stores that
   QuantFn quant = quant_row;
 #ifdef MMOE_X86
-  if (current_isa() != kPortable) quant = quant_row_avx2;
+  if (current_isa() == kAvx2) quant = quant_row_avx2;
+  if (current_isa() == kAvx512Vnni) quant = quant_row_avx2_u8;
 #endif
 #ifdef MMOE_NEON
   if (current_isa() == kNeon) quant = quant_row_neon;
 #endif
-  const bool act_u8 = current_isa() == kAvx512Vnni;  // VNNI reads u = q + 128 (= q ^ 0x80)
-  auto to_u8 = [](int8_t* q, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) q[i] = (int8_t)((uint8_t)q[i] ^ 0x80u);
-  };
   const int64_t H2 = 2 * H;
   // 2. quantize x per token
   ensure(S.qx, T * D); ensure(S.gx, T * (D / 32)); ensure(S.sx, T); ensure(S.zx, T);
   executorch::extension::parallel_for(0, T, 1, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t)
-    {
       quant(x + t * D, D, S.qx.data() + t * D, S.gx.data() + t * (D / 32), S.sx.data() + t, S.zx.data() + t);
-      if (act_u8) to_u8(S.qx.data() + t * D, D);
-    }
   });
   // 3. W13
   ensure(S.gu, P * H2);
@@ -649,9 +734,8 @@ int moe_ffn_8da4w(const float* x, const int64_t* ids, const float* gates, int64_
     if (H > 4096) { big.resize(H); hb = big.data(); }
     for (int64_t i = b; i < e; ++i) {
       const float* g = S.gu.data() + i * H2;
-      for (int64_t j = 0; j < H; ++j) hb[j] = silu(g[j]) * g[H + j];
+      swiglu(g, g + H, H, hb);
       quant(hb, H, S.qh.data() + i * H, S.gh.data() + i * (H / 32), S.sh.data() + i, S.zh.data() + i);
-      if (act_u8) to_u8(S.qh.data() + i * H, H);
     }
   });
   // 5. W2
