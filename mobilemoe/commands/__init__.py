@@ -27,9 +27,10 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_config(args: argparse.Namespace) -> Params:
+def load_config(args: argparse.Namespace, memory_plan: bool = False) -> Params:
     """The params the command asked for, validated and preflighted (task names, queue
-    URI) before the command does any work."""
+    URI; with ``memory_plan``, commands that train: the GPU memory plan) before the
+    command does any work."""
     overrides = list(args.overrides) + list(args.set_overrides)
     if args.preset:
         params = load_preset(args.preset, overrides)
@@ -37,5 +38,5 @@ def load_config(args: argparse.Namespace) -> Params:
     else:
         params = load_params(args.params, overrides)
         source = Path(args.params) if args.params else params_path()
-    preflight(params, str(source))
+    preflight(params, str(source), memory_plan=memory_plan)
     return params

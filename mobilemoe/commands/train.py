@@ -41,7 +41,7 @@ def run(args) -> int:
 
     from ..train import run_stage
 
-    params = load_config(args)
+    params = load_config(args, memory_plan=True)
     torch.set_num_threads(params.runtime.threads)
     result = run_stage(
         params,

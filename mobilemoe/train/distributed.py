@@ -17,6 +17,9 @@ holds *this* rank's counts until ``update_bias`` all-reduces them; ``expert_bias
 identical on all ranks because every rank applies the same all-reduced update).
 The gradient all-reduce runs once per optimizer step (``no_sync`` on the other
 micro-batches).
+
+``<stage>.parallelism: fsdp`` shards instead of replicating (``mobilemoe.train.fsdp``); the
+process group, batch split and rank-0 duties are the same.
 """
 
 from __future__ import annotations
@@ -82,6 +85,15 @@ def all_reduce_(t: torch.Tensor, world: World, op=None) -> torch.Tensor:
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()
+
+
+def broadcast_object(obj, world: World):
+    """Rank 0's ``obj`` on every rank (a pickled broadcast; small objects only)."""
+    if not world.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def wrap_ddp(model: torch.nn.Module, world: World, device: torch.device) -> torch.nn.Module:

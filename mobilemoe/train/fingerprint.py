@@ -19,6 +19,8 @@ from ..config.base import flatten
 # grad_accum/nproc): a resume may change them, and the stage cache ignores them.
 NON_WEIGHT_KEYS = (
     "nproc",
+    "parallelism",  # ddp <-> fsdp: same math (bf16 casts differ slightly); DCP reshards on resume
+    "activation_checkpointing",  # recomputes the same activations
     "grad_accum",
     "log_every",
     "eval_every",

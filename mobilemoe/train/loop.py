@@ -15,6 +15,11 @@ schedule (``cfg``). One optimizer step:
 3. gradient clipping to ``grad_clip`` (global norm), AdamW, then the routers' balancing
    update (``update_router_biases``: loads summed over ranks).
 
+``parallelism="fsdp"`` (with more than one process) shards the model with FSDP2 before
+the optimizer is built (``mobilemoe.train.fsdp``): gradients are reduce-scattered (and
+averaged, as DDP's all-reduce) after every micro-batch, and bf16 autocast becomes FSDP's
+bf16 parameter policy. ``activation_checkpointing`` recomputes each block in backward.
+
 Host syncs happen only at log, validation and checkpoint steps: losses, the non-finite
 flag and expert loads stay on the device in between. A non-finite loss raises
 :class:`NonFiniteLoss` naming the first bad step, at the latest before the next
@@ -37,6 +42,7 @@ from ..data.shards import ShardSplit
 from ..errors import UserError
 from .callbacks import finish_callbacks
 from .distributed import World, all_reduce_, wrap_ddp
+from .fsdp import checkpoint_blocks, full_norm, load_full_optimizer_state, shard_model
 from .loader import WindowLoader, eval_batches, fixed_windows
 from .optim import build_optimizer
 from .schedule import lr_at
@@ -99,10 +105,24 @@ class Trainer:
         self.device, self.world, self.autocast_dtype = device, world or World(), autocast_dtype
         self.callbacks = list(callbacks)
         self.state = state or TrainState()
-        self.ddp_model = wrap_ddp(model, self.world, device)
+        if cfg.activation_checkpointing:
+            checkpoint_blocks(model)
+        # One process has nothing to shard: "fsdp" then trains the plain model (and writes
+        # sharded-format checkpoints that any process count resumes).
+        self.sharded = cfg.parallelism == "fsdp" and self.world.distributed
+        if self.sharded:
+            # FSDP casts the gathered weights itself (fp32 master weights stay sharded).
+            shard_model(model, param_dtype=autocast_dtype)
+            self.autocast_dtype = None
+            self.ddp_model = model
+        else:
+            self.ddp_model = wrap_ddp(model, self.world, device)
         self.optimizer = build_optimizer(model, cfg)
         if optimizer_state is not None:
-            self.optimizer.load_state_dict(optimizer_state)
+            if self.sharded:
+                load_full_optimizer_state(model, self.optimizer, optimizer_state)
+            else:
+                self.optimizer.load_state_dict(optimizer_state)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.routers = cast(Any, model).routers() if hasattr(model, "routers") else []
         self.val_split = val_split
@@ -137,15 +157,16 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         micro, count = self.loader.micro_batches(step)
-        scale = self.world.size / count  # DDP averages gradients over ranks
+        scale = self.world.size / count  # DDP (and FSDP) average gradients over ranks
         ce_sum = torch.zeros((), device=self.device)
         aux_sum = torch.zeros((), device=self.device)
         for i, mb in enumerate(micro):
             last = i == len(micro) - 1
-            # Gradients are all-reduced once per step: on the last micro-batch.
+            # DDP all-reduces gradients once per step, on the last micro-batch; FSDP
+            # reduce-scatters every micro-batch (it keeps no unsharded gradients).
             sync = (
                 cast(Any, self.ddp_model).no_sync()
-                if self.world.distributed and not last
+                if self.world.distributed and not last and not self.sharded
                 else contextlib.nullcontext()
             )
             with sync:
@@ -162,7 +183,7 @@ class Trainer:
                 loss.backward()
             ce_sum += ce.detach()
         if cfg.grad_clip > 0:
-            self._grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+            self._grad_norm = full_norm(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.routers:
@@ -232,6 +253,7 @@ class Trainer:
         self.model.eval()
         sums = torch.zeros(2, device=self.device, dtype=torch.float64)
         batch = max(1, self.cfg.batch_size // self.world.size)
+        ran = 0
         try:
             for mb in eval_batches(
                 self.val_split,
@@ -246,6 +268,14 @@ class Trainer:
                     logits = self.model(mb.inputs)
                 sums[0] += masked_ce_sum(logits, mb.targets, mb.mask).double()
                 sums[1] += mb.targets.numel() if mb.mask is None else mb.mask.sum().double()
+                ran += 1
+            if self.sharded:
+                # A sharded forward is a collective: a rank with fewer windows (they are
+                # dealt round-robin) runs idle forwards until all ranks ran as many.
+                most = -(-len(self.val_offsets[0 :: self.world.size]) // batch)
+                idle = torch.zeros(1, self.cfg.seq_len, dtype=torch.long, device=self.device)
+                for _ in range(most - ran):
+                    self.model(idle)
         finally:
             self.model.train(was_training)
         all_reduce_(sums, self.world)

@@ -117,11 +117,15 @@ def _run(params, stage, mix, out_dir, init, callbacks, tokenizer, progress, worl
     if not world.is_main:
         resume = ck.find_resumable(out_dir)
 
-    state, optimizer_state = None, None
+    state, optimizer_state, payload = None, None, None
+    # A sharded (FSDP) checkpoint is loaded into the built trainer below (DCP reshards it);
+    # until then any model of the right shape will do.
+    sharded_resume = resume is not None and ck.is_sharded(resume)
     if resume is not None:
         ck.check_fingerprint(resume, fp)
-        model, _ = load_checkpoint(resume, expect_model=params.model)
         state = TrainState.from_dict(ck.read_trainer_state(resume))
+    if resume is not None and not sharded_resume:
+        model, _ = load_checkpoint(resume, expect_model=params.model)
         payload = ck.read_optimizer(resume)
         optimizer_state = payload["optimizer"]
     elif init_model is not None:
@@ -135,7 +139,7 @@ def _run(params, stage, mix, out_dir, init, callbacks, tokenizer, progress, worl
     if stage == "qat":
         model = prepare_qat(model, params)
     model.to(device)
-    if resume is not None:
+    if payload is not None:
         ck.set_rng_state(payload["rng"])
     resumed_from = state.step if state else 0
 
@@ -152,12 +156,15 @@ def _run(params, stage, mix, out_dir, init, callbacks, tokenizer, progress, worl
     }
 
     def save(trainer) -> Optional[Path]:
-        if not world.is_main:
+        where = ck.step_folder(out_dir, trainer.state.step)
+        if cfg.parallelism == "fsdp":  # every rank writes its shards
+            folder = ck.save_sharded_checkpoint(where, trainer, meta, tok_path, world, cfg.parallelism)
+        elif world.is_main:
+            folder = ck.save_training_checkpoint(where, trainer, meta, tok_path)
+        else:
             return None
-        folder = ck.save_training_checkpoint(
-            ck.step_folder(out_dir, trainer.state.step), trainer, meta, tok_path
-        )
-        ck.prune(out_dir, cfg.keep_checkpoints)
+        if world.is_main:
+            ck.prune(out_dir, cfg.keep_checkpoints)
         return folder
 
     seed = params.runtime.seed
@@ -196,6 +203,9 @@ def _run(params, stage, mix, out_dir, init, callbacks, tokenizer, progress, worl
         state=state,
         optimizer_state=optimizer_state,
     )
+    if sharded_resume:
+        assert resume is not None
+        ck.set_rng_state(ck.load_sharded_checkpoint(resume, trainer, world, cfg.parallelism)["rng"])
     try:
         trainer.fit()
     except NonFiniteLoss as e:
@@ -209,9 +219,10 @@ def _run(params, stage, mix, out_dir, init, callbacks, tokenizer, progress, worl
         ) from None
 
     result = None
+    final = out_dir / ck.FINAL
+    # The whole-model format whatever the parallelism (gathered from the shards under FSDP).
+    ck.save_final_checkpoint(final, trainer, {**meta, "final": True}, tok_path, world)
     if world.is_main:
-        final = out_dir / ck.FINAL
-        ck.save_training_checkpoint(final, trainer, {**meta, "final": True}, tok_path, with_optimizer=False)
         result = StageResult(
             stage=stage,
             checkpoint=final,

@@ -57,6 +57,8 @@ def test_a_setting_the_trainer_resumes_across_keeps_the_stage_key():
         "grad_accum": 2,
         "log_every": 3,
         "nproc": 2,
+        "parallelism": "fsdp",
+        "activation_checkpointing": "true",
     }
     assert set(edits) == set(NON_WEIGHT_KEYS)
     for name, value in edits.items():
