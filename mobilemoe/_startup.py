@@ -36,6 +36,9 @@ class _RegisterAfterImport(importlib.abc.MetaPathFinder):
         def exec_module(module):
             real_exec(module)
             try:
+                # lm-eval's own models first (cheap: lazy placeholders): lm-eval adds them
+                # only while its registry is empty, so ours alone would hide `--model hf`.
+                importlib.import_module("lm_eval.models")
                 importlib.import_module(_REGISTRAR)
             except Exception as e:  # our eval module missing or broken: lm_eval still works
                 print(f"mobilemoe: lm-eval models not registered ({type(e).__name__}: {e})", file=sys.stderr)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..checkpoint import sha256_file
+from ..hf.tokenizer import with_bos
 from ..io import write_bytes_atomic
 from .program import (
     ExportError,
@@ -83,7 +84,9 @@ def export_pte(
     # matching export, even if this one is interrupted half-way.
     (out / REPORT).unlink(missing_ok=True)
     write_bytes_atomic(out / PTE, pte_bytes)
-    write_bytes_atomic(out / TOKENIZER, src.tokenizer.read_bytes())
+    # The training tokenizer plus the usual BOS post-processor: ExecuTorch's TextLLMRunner
+    # (num_bos=1) and AutoTokenizer then add exactly one <|bos|> (mobilemoe.hf.tokenizer).
+    write_bytes_atomic(out / TOKENIZER, with_bos(src.tokenizer.read_text()).encode())
     report: dict[str, Any] = {
         "format": REPORT_FORMAT,
         "program": PTE,

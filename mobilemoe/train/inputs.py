@@ -126,8 +126,19 @@ def resolve_tokenizer(
     return path, sha
 
 
-def check_init_checkpoint(stage: str, init_checkpoint) -> Optional[Path]:
-    """The input checkpoint folder; required for every stage but pretrain."""
+def check_init_checkpoint(stage: str, init_checkpoint, params=None, out_dir=None) -> Optional[Path]:
+    """The input checkpoint folder; required for every stage but pretrain.
+
+    With ``params`` whose ``<stage>.init_from`` is set (``hf:PATH``), the stage starts from
+    that Hugging Face folder instead: imported once into ``out_dir/init_from`` (it must be
+    ``params.model``'s architecture; ``mobilemoe.hf.resolve_init_from``)."""
+    spec = getattr(getattr(params, stage, None), "init_from", None)
+    if spec is not None:
+        from ..hf import resolve_init_from
+
+        if out_dir is None:
+            raise UserError(f"{stage}.init_from: an output folder is needed to import {spec}")
+        return resolve_init_from(spec, out_dir, params.model, key=f"{stage}.init_from")
     if init_checkpoint is None:
         prev = PREVIOUS_STAGE[stage]
         if prev is not None:

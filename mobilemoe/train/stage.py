@@ -115,7 +115,7 @@ def _run_stage(
         raise UserError(f"{stage}: an output folder is required (--out)")
     out_dir = Path(out_dir).resolve()
     cfg = getattr(params, stage)
-    init = check_init_checkpoint(stage, init_checkpoint)
+    init = check_init_checkpoint(stage, init_checkpoint, params, out_dir)  # or <stage>.init_from
     mix = mix_folder(params, stage, data_dir)
     if cfg.nproc > 1 and not launched_by_torchrun():
         return _launch(params, stage, mix, out_dir, init, callbacks, tokenizer)

@@ -16,6 +16,7 @@ from mobilemoe.export import ExportError, PteModel, export_pte
 from mobilemoe.export.parity import FP32_ATOL, greedy_parity, sample_prompts, tolerance
 from mobilemoe.export.program import MATMUL_OPS
 from mobilemoe.generate import encode_prompt
+from mobilemoe.hf.tokenizer import without_post_processor
 from mobilemoe.quant import load_for_inference
 from mobilemoe.tokens import BOS, chat_prompt
 
@@ -47,7 +48,10 @@ ALLOWED_PORTABLE = {
 def test_int4_export_writes_program_tokenizer_and_report(int4_export, qat_checkpoint):
     out, report, printed = int4_export
     assert (out / "model.pte").stat().st_size == report["program_bytes"] > 0
-    assert (out / "tokenizer.json").read_bytes() == (qat_checkpoint / "tokenizer.json").read_bytes()
+    # the training tokenizer plus the BOS post-processor that shipped tokenizers carry
+    shipped = (out / "tokenizer.json").read_text()
+    assert without_post_processor(shipped) == (qat_checkpoint / "tokenizer.json").read_text()
+    assert json.loads(shipped)["post_processor"]["type"] == "TemplateProcessing"
     assert json.loads((out / "export_report.json").read_text()) == report
     assert report["quantization"] == {
         "scheme": "8da4w",
