@@ -93,6 +93,10 @@ class SeaweedS3:
                 "-s3",
                 f"-s3.port={self.port}",
                 f"-s3.config={conf}",
+                # no Iceberg/Lance catalog listeners: their fixed ports (8181, 9101) would
+                # collide when two servers run at once (a session's lab server and a test's)
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
                 "-volume.max=100",
                 "-master.volumeSizeLimitMB=64",
             ],

@@ -108,3 +108,20 @@ def test_params_errors_and_mlflow_records_are_redacted(tmp_path, capsys):
 def test_redact_keeps_ordinary_text():
     assert redact("file:///srv/q/jobs/x.json: not found") == "file:///srv/q/jobs/x.json: not found"
     assert redact("s3://bucket/prefix") == "s3://bucket/prefix"
+
+
+def test_shared_store_errors_name_the_url_never_the_credentials(monkeypatch):
+    """The start checks of the S3 stage cache and the MLflow server (the S3 pipeline test,
+    tests/pipeline/test_s3_pipeline.py, also scans MLflow's store, every S3 object, both
+    clones and the flow's output for the planted key)."""
+    from mobilemoe.config import load_preset
+    from mobilemoe.pipeline.stores import StoreError, check_stores
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://{KEY}:{PASSWORD}@127.0.0.1:9")
+    params = load_preset("smoke", ["tracking.artifact_store=s3://cache/p"])
+    for uri in ("sqlite:///x.db", f"http://{KEY}:{PASSWORD}@127.0.0.1:9"):
+        with pytest.raises(StoreError) as e:
+            check_stores(params, uri, "s3")
+        _clean(str(e.value))
+        assert "127.0.0.1:9" in str(e.value)

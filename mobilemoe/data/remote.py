@@ -100,14 +100,32 @@ def push(root: str | os.PathLike, remote: str | None = None) -> int:
         ) from None
 
 
-def pull(root: str | os.PathLike, remote: str | None = None) -> int:
-    """``dvc pull``: fetch the outputs dvc.lock names and check them out."""
+def pull(root: str | os.PathLike, remote: str | None = None, targets: list[str] | None = None) -> int:
+    """``dvc pull``: fetch the outputs dvc.lock names (of ``targets``' stages: all by
+    default) and check them out."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     try:
         with contextlib.chdir(Path(root).resolve()), Repo(".") as repo:
-            out = repo.pull(remote=remote)
+            out = repo.pull(targets=targets, remote=remote)
     except DvcException as e:
         raise RemoteError(f"dvc pull failed: {e}") from None
     return int((out.get("stats") or {}).get("fetched", 0)) if isinstance(out, dict) else 0
+
+
+def fetch(root: str | os.PathLike, lock: dict, cfg: RemoteConfig, stages: tuple[str, ...]) -> int:
+    """Check out the data version ``lock`` (dvc.lock's content) in ``root`` from the remote
+    ``cfg``: what a step on another machine does with the version its run was given. Makes
+    ``root`` a DVC project if it is not one (a code package has no ``.dvc/``)."""
+    import yaml
+    from dvc.repo import Repo
+
+    root = Path(root).resolve()
+    if not (root / ".dvc").is_dir():
+        Repo.init(str(root), no_scm=True).close()
+    path = root / "dvc.lock"
+    if not path.is_file() or yaml.safe_load(path.read_text()) != lock:
+        path.write_text(yaml.safe_dump(lock, sort_keys=False))
+    configure_remote(root, cfg)
+    return pull(root, targets=list(stages))
