@@ -1,4 +1,5 @@
-"""MobileMoE end to end: curate -> pretrain -> midtrain -> sft -> qat -> export
+"""MobileMoE end to end: curate -> scaling (foreach over groups of sweep points) ->
+scaling_fit -> pretrain -> midtrain -> sft -> qat -> export
 -> (eval | device_profile | dense_baseline) -> join -> end.
 
     python flows/full_repro.py run            # the embedded default (params.yaml = tiny)
@@ -17,8 +18,13 @@ from pathlib import Path
 
 from metaflow import Config, FlowSpec, card, current, step
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+# The checkout: the library is one level up. Metaflow's code package (a remote step, or
+# the package extracted anywhere): the library sits beside this file.
+ROOT = HERE if (HERE / "mobilemoe").is_dir() else HERE.parent
 sys.path.insert(0, str(ROOT))
+from flow_compute import code_package, per_step_compute  # noqa: E402 (after the path is set)
+
 os.environ.setdefault("MOBILEMOE_ROOT", str(ROOT))
 os.environ.setdefault("MOBILEMOE_OWNER_PID", str(os.getpid()))  # the runtime owns the MLflow runs
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -72,6 +78,23 @@ def _mark_failed(ctx) -> None:
         print(f"warning: could not mark MLflow run {ctx.pipeline_run_id} FAILED: {e}", file=sys.stderr)
 
 
+def _datastore(flow):
+    """This run's Metaflow datastore (local | s3 | ...), set by Metaflow's own settings."""
+    try:
+        return flow._datastore._storage_impl.TYPE
+    except AttributeError:
+        from metaflow.metaflow_config import DEFAULT_DATASTORE
+
+        return DEFAULT_DATASTORE
+
+
+def _local(ctx, ref):
+    """``ref``'s files on this step's machine (pulled from an s3:// stage cache if need be)."""
+    from mobilemoe import pipeline
+
+    return pipeline.materialize(ctx.root, ctx.parsed, ref)
+
+
 def _threads(ctx):
     """Explicit torch threads in every step (2 shared cores: oversubscription is 20x slower)."""
     import torch
@@ -79,6 +102,8 @@ def _threads(ctx):
     torch.set_num_threads(ctx.parsed.runtime.threads)
 
 
+@per_step_compute(root=str(ROOT))  # compute.<step> of params: where each step runs (docs/scale-out.md)
+@code_package(ROOT)  # the library, device lab, params and DVC files travel with remote steps
 class FullReproFlow(FlowSpec):
     config = Config(
         "config",
@@ -94,7 +119,9 @@ class FullReproFlow(FlowSpec):
         from mobilemoe.model.accounting import account
 
         with _user_errors(None):
-            self.ctx = pipeline.start(self.config, current.pathspec, root=os.environ["MOBILEMOE_ROOT"])
+            self.ctx = pipeline.start(
+                self.config, current.pathspec, root=os.environ["MOBILEMOE_ROOT"], datastore=_datastore(self)
+            )
         params = self.ctx.parsed
         acc = account(params.model, params.scaling.context)
         self.accounting = acc.to_dict()
@@ -116,6 +143,34 @@ class FullReproFlow(FlowSpec):
         cards.markdown(current.card, "# curate (DVC)")
         cards.table(current.card, sorted(self.data.data_version.items()), ("output", "md5"))
         cards.table(current.card, list(pipeline.flatten_numbers(self.data.stats).items())[:60])
+        with _user_errors(self.ctx):
+            self.sweep = pipeline.scaling_plan(_here(self.ctx))
+        self.sweep_groups = self.sweep.groups
+        self.next(self.scaling, foreach="sweep_groups")
+
+    @card(type="blank")
+    @step
+    def scaling(self):
+        """One group of the scaling sweep's points: each trained (or found in the cache)."""
+        from mobilemoe import cards, pipeline
+
+        with _user_errors(self.ctx):
+            self.points = pipeline.scaling_points(_here(self.ctx), self.sweep, self.input)
+        cards.points_card(current.card, self.points)
+        self.next(self.scaling_fit)
+
+    @card(type="blank")
+    @step
+    def scaling_fit(self, inputs):
+        """The law over every point, the design under the budgets, the plots."""
+        from mobilemoe import cards, pipeline
+
+        self.merge_artifacts(inputs, include=["ctx", "accounting", "data", "sweep"])
+        records = [r for task in inputs for r in task.points]
+        with _user_errors(self.ctx):
+            self.scaling_result = pipeline.scaling_fit(_here(self.ctx), self.sweep, records)
+            self.ctx = pipeline.with_design(self.ctx, self.scaling_result)
+        cards.scaling_card(current.card, self.scaling_result)
         self.next(self.pretrain)
 
     def _train(self, stage, upstream):
@@ -158,7 +213,7 @@ class FullReproFlow(FlowSpec):
 
         _threads(self.ctx)
         with _user_errors(self.ctx):
-            self.exported = pipeline.export_stage(_here(self.ctx), self.qat_model)
+            self.exported = pipeline.export_stage(_here(self.ctx), _local(self.ctx, self.qat_model))
         cards.export_card(current.card, self.exported)
         self.next(self.eval, self.device_profile, self.dense_baseline)
 
@@ -169,7 +224,9 @@ class FullReproFlow(FlowSpec):
 
         _threads(self.ctx)
         with _user_errors(self.ctx):
-            self.evaluated = pipeline.eval_stage(_here(self.ctx), self.qat_model, self.exported)
+            self.evaluated = pipeline.eval_stage(
+                _here(self.ctx), _local(self.ctx, self.qat_model), _local(self.ctx, self.exported)
+            )
         cards.eval_card(current.card, self.evaluated)
         self.next(self.join)
 
@@ -179,7 +236,7 @@ class FullReproFlow(FlowSpec):
         from mobilemoe import cards, pipeline
 
         with _user_errors(self.ctx):
-            self.profile = pipeline.device_profile_stage(_here(self.ctx), self.exported)
+            self.profile = pipeline.device_profile_stage(_here(self.ctx), _local(self.ctx, self.exported))
         cards.device_card(current.card, self.profile)
         self.next(self.join)
 
@@ -206,6 +263,8 @@ class FullReproFlow(FlowSpec):
                 "ctx",
                 "accounting",
                 "data",
+                "sweep",
+                "scaling_result",
                 "pretrained",
                 "midtrained",
                 "sft_model",

@@ -13,7 +13,7 @@ import math
 from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
-    from .pipeline import DenseRef, EvalRef, ExportRef, ProfileRef, TrainRef
+    from .pipeline import DenseRef, EvalRef, ExportRef, ProfileRef, ScalingRef, TrainRef
 
 
 def _plt():
@@ -247,6 +247,104 @@ def dense_card(card, ref: DenseRef) -> None:
         figure(card, fig)
 
 
+def _point_rows(records: list[dict]) -> list[list[Any]]:
+    rows = []
+    for r in records:
+        loss = r.get("val_loss")
+        rows.append(
+            [
+                r["name"],
+                f"{r.get('active_params', 0):,}",
+                f"{r.get('total_params', 0):,}",
+                f"{r.get('sparsity', 1):g} / {r.get('granularity', 1):g} / {r.get('shared_fraction', 0):g}",
+                f"{r.get('tokens', 0):,}",
+                f"{loss:.4f}" if isinstance(loss, float) else "-",
+                r.get("status", "?") + (" (reused)" if r.get("reused") else ""),
+            ]
+        )
+    return rows
+
+
+_POINT_HEADERS = ["point", "active (non-emb)", "total (non-emb)", "S / G / f", "tokens", "val loss", "status"]
+
+
+def points_card(card, records: list[dict]) -> None:
+    """One foreach task of the scaling sweep: its points."""
+    from metaflow.cards import Table
+
+    markdown(card, f"# scaling sweep: {len(records)} point(s) in this task")
+    if records:
+        card.append(Table(_point_rows(records), headers=_POINT_HEADERS))
+    for r in records:
+        if r.get("reason"):
+            markdown(card, f"- **{r['name']}** {r['status']}: {r['reason']}")
+
+
+_CHECKS = (
+    ("paper_check", "at the params' budgets"),
+    ("paper_check_in_range", "at budgets inside the sweep's range"),
+)
+
+
+def scaling_card(card, ref: ScalingRef) -> None:
+    """The sweep, the fitted law with its checks, the design, the plots."""
+    from metaflow.cards import Image, Table
+
+    records = ref.records()
+    markdown(card, f"# scaling law: {len(records)} sweep points, fit {ref.status}")
+    if ref.reason:
+        markdown(card, f"**Note:** {ref.reason}")
+    if records:
+        card.append(Table(_point_rows(records), headers=_POINT_HEADERS))
+    law = ref.fit()
+    if law is not None:
+        markdown(card, f"## Law\n`{law.get('form', '')}`")
+        intervals = law.get("intervals", {})
+        rows = [
+            (
+                name,
+                f"{_fmt(v)}"
+                + (f" [{_fmt(intervals[name][0])}, {_fmt(intervals[name][1])}]" if name in intervals else ""),
+            )
+            for name, v in law.get("params", {}).items()
+        ]
+        table(card, rows, ("parameter", "value [bootstrap 95% interval]"))
+        extra = law.get("extrapolation") or {}
+        table(
+            card,
+            [
+                ("points fitted", law.get("n_points")),
+                ("R^2", law.get("r2")),
+                ("leave-one-out median relative error", law.get("loo_median_rel_err")),
+                ("... of the constant predictor (mean loss)", law.get("loo_const_median_rel_err")),
+                ("loss spread (nats)", law.get("loss_spread")),
+                ("extrapolation: median relative error", extra.get("median_rel_err")),
+            ],
+        )
+    chosen = ref.design()
+    if chosen is not None:
+        best = chosen["best"]
+        c = best.get("coordinates", {})
+        acc = best.get("accounting", {})
+        warn = " (EXTRAPOLATED beyond the fitted range)" if chosen.get("extrapolated") else ""
+        markdown(
+            card,
+            f"## Design under the budgets{warn}\nd_model {best['model'].get('d_model')}, "
+            f"{best['model'].get('n_layers')} layers, sparsity {c.get('sparsity', 1):g}, granularity "
+            f"{c.get('granularity', 1):g}, shared fraction {c.get('shared_fraction', 0):g}: predicted loss "
+            f"{best['predicted_loss']:.4f}; {acc.get('total_params', 0):,} params "
+            f"({acc.get('active_params', 0):,} active).",
+        )
+        checks = [(chosen.get(k), label) for k, label in _CHECKS]
+        if any(c for c, _ in checks):
+            markdown(
+                card, "## Paper check\n" + "\n".join(f"- {label}: {c['summary']}" for c, label in checks if c)
+            )
+    for path in ref.plots:
+        with open(path, "rb") as fh:
+            card.append(Image(fh.read(), label=path.rsplit("/", 1)[-1]))
+
+
 def summary_card(card, flow) -> None:
     """The run at a glance: every stage's headline number and MLflow run."""
     markdown(
@@ -254,6 +352,13 @@ def summary_card(card, flow) -> None:
         f"# {flow.ctx.parsed.model.name}: pipeline summary\nMLflow pipeline run `{flow.ctx.pipeline_run_id}`",
     )
     rows = []
+    sc = getattr(flow, "scaling_result", None)
+    if sc is not None:
+        law = sc.fit() or {}
+        text = f"{len(sc.records())} sweep points; fit {sc.status}"
+        if law:
+            text += f", LOO median relative error {law.get('loo_median_rel_err', float('nan')):.2%}"
+        rows.append(("scaling", text + (f" ({sc.reason})" if sc.reason else "") + f"; run {sc.run_id}"))
     for name in ("pretrained", "midtrained", "sft_model", "qat_model"):
         ref = getattr(flow, name)
         s = ref.summary

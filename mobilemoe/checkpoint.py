@@ -222,7 +222,7 @@ def load_checkpoint(
     mcfg = model_config(cfg, str(folder / CONFIG))
     if expect_model is not None:
         want, have = to_dict(expect_model), to_dict(mcfg)
-        diff = _diff_keys(want, have, "model", ignore={"model.name"})
+        diff = _diff_keys(want, have, "model", ignore={"model.name", "model.source"})
         if diff:
             raise CheckpointError(
                 f"{folder}: checkpoint is a different architecture from the configured model "

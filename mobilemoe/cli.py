@@ -17,7 +17,20 @@ import sys
 from .errors import UserError
 
 # Subcommand modules; each defines add_parser(subparsers) that sets func=run(args)->int.
-COMMANDS = ["arch", "presets", "lineage", "train", "data", "eval", "export", "generate"]
+COMMANDS = [
+    "arch",
+    "presets",
+    "lineage",
+    "train",
+    "data",
+    "eval",
+    "export",
+    "generate",
+    "scaling",
+    "design",
+    "hf",
+    "plan",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,12 +34,19 @@ GIT_COMMIT = "mobilemoe.git_commit"
 GIT_DIRTY = "mobilemoe.git_dirty"  # "true" when uncommitted changes were present
 CODE_VERSION = "mobilemoe.code_version"  # sha256 of the library sources that ran
 METAFLOW_PATHSPEC = "mobilemoe.metaflow_pathspec"
+MODEL_SOURCE_RUN = "mobilemoe.model_source_run_id"  # model.source: scaling: the run that designed it
 PARAMS_SHA256 = "mobilemoe.params_sha256"  # digest of the whole params.yaml in effect
 CACHE_KEY = "mobilemoe.cache_key"  # stage cache key (params + inputs + code)
 REUSED_FROM_RUN = "mobilemoe.reused_from_run_id"  # set when a cached output was reused
 PTE_SHA256 = "mobilemoe.pte_sha256"
 MODEL_ID = "mobilemoe.logged_model_id"  # the LoggedModel (e.g. the .pte) a run is about
 DEVICE_STATUS = "mobilemoe.device_status"  # device_profile runs: ok | error | rejected
+# The environment that ran a stage (mobilemoe/environment.py): a digest of the installed
+# distributions + interpreter, and a JSON summary (python, torch, CUDA, ExecuTorch, device).
+ENV_SHA256 = "mobilemoe.env_sha256"
+ENV = "mobilemoe.env"
+REUSED_ENV_SHA256 = "mobilemoe.reused_env_sha256"  # reused stages: the environment that made the output
+REUSED_ENV = "mobilemoe.reused_env"
 # Owner and liveness of every run (mobilemoe/liveness.py closes the runs of dead flows).
 from .liveness import HEARTBEAT, HOST, KILLED_REASON, PID  # noqa: E402, F401 (in ALL_TAGS)
 
@@ -197,8 +204,28 @@ def _param_value(v: Any) -> str:
 
 
 # --- code and data identity -----------------------------------------------------------
+LAUNCH_FILE = "launch.json"  # the launch record in Metaflow's code package (flows/flow_compute.py)
+
+
 def git_info(root: Optional[Path] = None) -> dict[str, str]:
+    """The commit (and whether the tree was dirty) of ``root``; where there is no git
+    checkout (a remote step's code package), the launch record made when the run started."""
     root = root or project_root()
+    if not (root / ".git").exists() and (root / LAUNCH_FILE).is_file():
+        try:
+            record = json.loads((root / LAUNCH_FILE).read_text())
+            return {GIT_COMMIT: str(record[GIT_COMMIT]), GIT_DIRTY: str(record[GIT_DIRTY])}
+        except (OSError, ValueError, KeyError):
+            pass
+    return _git(root)
+
+
+def launch_record(root: Path) -> dict[str, str]:
+    """What the launching machine knows and remote steps cannot find out: the git commit."""
+    return _git(root)
+
+
+def _git(root: Path) -> dict[str, str]:
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10

@@ -20,6 +20,7 @@ from typing import Any, Iterable
 import yaml
 
 from .base import ConfigError, build, fail, flatten, to_dict
+from .compute import ComputeConfig
 from .data import DataConfig
 from .device_lab import DeviceLabConfig
 from .evaluation import EvalConfig
@@ -66,8 +67,16 @@ class Params:
     device_lab: DeviceLabConfig = field(default_factory=DeviceLabConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     def validate(self, key: str) -> None:
+        self._validate_compute()
+        if self.model.source == "scaling" and self.scaling.sweep is None:
+            fail(
+                "model.source",
+                "scaling designs the model from the scaling sweep's law, and scaling.sweep is "
+                "null; give scaling a sweep (docs/scaling.md) or set model.source: params",
+            )
         for stage in TRAIN_STAGES:
             cfg: TrainStageConfig = getattr(self, stage)
             if cfg.seq_len > self.model.max_seq_len:
@@ -105,6 +114,26 @@ class Params:
                     "qat.group_size",
                     f"{g} does not divide {name}={width} (INT4 groups run "
                     "along each linear's input dimension)",
+                )
+
+    def _validate_compute(self) -> None:
+        """Remote steps hand each other checkpoints through the stage cache: it must be
+        on object storage; a training step asks for the GPUs its ranks use."""
+        for step in self.compute.remote_steps():
+            if "://" not in self.tracking.artifact_store:
+                fail(
+                    f"compute.{step}.target",
+                    f"{getattr(self.compute, step).target} runs the step on another machine, "
+                    f"which cannot read the local stage cache tracking.artifact_store="
+                    f"{self.tracking.artifact_store!r}; make it s3://bucket/prefix (docs/scale-out.md)",
+                )
+        for stage in TRAIN_STAGES:
+            cfg = getattr(self.compute, stage)
+            nproc = getattr(self, stage).nproc
+            if cfg.target != "local" and 0 < cfg.gpu < nproc:
+                fail(
+                    f"compute.{stage}.gpu",
+                    f"{cfg.gpu} GPUs for {stage}.nproc={nproc} ranks; ask for {nproc} (one per rank)",
                 )
 
     def to_dict(self) -> dict[str, Any]:

@@ -67,6 +67,10 @@ class ModelConfig:
     """Decoder-only transformer; ``moe: null`` makes it dense."""
 
     name: str = "tiny"  # a label carried into checkpoints and reports
+    # params: this section is the model. scaling: the flow's scaling step designs the model
+    # under scaling's budgets from the fitted law (docs/scaling.md#design-in-the-flow); the
+    # keys here are then the base it keeps (vocabulary, head width, RoPE, router, ...).
+    source: Literal["params", "scaling"] = "params"
     vocab_size: PositiveInt = 4096  # also the tokenizer's vocab size (the data stage reads this key)
     d_model: PositiveInt = 128
     n_layers: PositiveInt = 4

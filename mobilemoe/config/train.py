@@ -7,7 +7,7 @@ quantization), never in code paths of their own.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
 from .base import (
     Fraction,
@@ -50,8 +50,21 @@ class TrainStageConfig:
     )
     log_every: PositiveInt = 5  # steps between logged metrics
     nproc: PositiveInt = 1  # data-parallel processes (torchrun); 1 = in-process
+    # How nproc > 1 processes share the model: ddp replicates it (weights, gradients and AdamW
+    # state on every GPU: 16 bytes/param each); fsdp shards all three over the processes
+    # (FSDP2; bf16 compute, fp32 master weights and routers). `mobilemoe plan` says which fits.
+    parallelism: Literal["ddp", "fsdp"] = "ddp"
+    # Recompute each block's activations in backward instead of keeping them (~1/3 more
+    # compute, activations of one block instead of all; see `mobilemoe plan`).
+    activation_checkpointing: bool = False
+    # Start from a Hugging Face folder (hf:PATH) or hub model (hf:ORG/NAME, network needed)
+    # instead of the previous stage's checkpoint: released weights of this architecture,
+    # trained on with this recipe (docs/hf.md#init-from-a-hugging-face-folder).
+    init_from: Optional[str] = None
 
     def validate(self, key: str) -> None:
+        if self.init_from is not None and (not self.init_from.startswith("hf:") or self.init_from == "hf:"):
+            fail(f"{key}.init_from", f"{self.init_from!r} must be hf:PATH or hf:ORG/NAME (or null)")
         if self.batch_size % (self.nproc * self.grad_accum):
             fail(
                 f"{key}.batch_size",

@@ -18,6 +18,7 @@ stage is reused. The code part of a key is the digest of the stage's import clos
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -82,12 +83,17 @@ def artifact_key(stage: str, section: Any, inputs: dict, code_version: str, **ex
 
 
 def artifact_store(root: str | Path, params: Params) -> Path:
+    """The stage cache's folder: a local one, or this machine's mirror of an ``s3://``
+    store (:mod:`mobilemoe.pipeline.stores`)."""
     store = params.tracking.artifact_store
+    if store.startswith("s3://"):
+        from .stores import scratch_root
+
+        return scratch_root(Path(root), store)
     if "://" in store:
         raise UserError(
-            f"tracking.artifact_store={store!r}: only local folders are supported for "
-            "the stage cache so far; use a path (relative to the project) or sync "
-            "the folder to object storage yourself"
+            f"tracking.artifact_store={store!r}: the stage cache is a local folder (relative "
+            "to the project) or s3://bucket/prefix"
         )
     path = Path(store)
     return path if path.is_absolute() else Path(root) / path
@@ -101,8 +107,12 @@ def load_cached(folder: Path, key: str, ref_type: type[R], check: Callable[[R], 
     """The stage's cached reference if it matches ``key`` and its files are intact
     (``check``, e.g. :func:`checkpoint_intact`)."""
     from ..checkpoint import CheckpointError
+    from .stores import pull, remote_of
 
     path = folder / "stage.json"
+    remote = remote_of(folder)
+    if remote and not _has_key(path, key):  # an s3:// store: fetch the entry if it has one
+        pull(folder, remote)
     if not path.is_file():
         return None
     try:
@@ -111,6 +121,7 @@ def load_cached(folder: Path, key: str, ref_type: type[R], check: Callable[[R], 
         return None  # not JSON, or written by a version with other fields
     if ref.key != key:
         return None
+    ref = rebased(ref, folder)
     try:
         return ref if check(ref) else None
     except (CheckpointError, KeyError, OSError, ValueError):
@@ -125,5 +136,59 @@ def checkpoint_intact(ref: TrainRef) -> bool:
 
 
 def save_cached(folder: Path, ref: StageRef) -> None:
-    """Record a finished stage (last, so a half-done stage is never found)."""
+    """Record a finished stage (last, so a half-done stage is never found), with the
+    environment that made it and the folder its paths point into."""
+    from ..environment import environment
+    from .stores import push, remote_of
+
+    ref = dataclasses.replace(ref, environment=ref.environment or environment(), folder=str(folder))
     write_json_atomic(folder / "stage.json", ref.to_json())
+    remote = remote_of(folder)
+    if remote:
+        push(folder, remote)
+
+
+def _has_key(path: Path, key: str) -> bool:
+    try:
+        return json.loads(path.read_text()).get("key") == key
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def materialize(root: str | Path, params: Params, ref: Optional[R]) -> Optional[R]:
+    """``ref`` with its files on this machine: unchanged for a local store; for an s3://
+    store, its entry pulled into this machine's mirror if missing (a step on another
+    machine than the one that made it) and its paths pointing there."""
+    if ref is None or not ref.folder or not params.tracking.artifact_store.startswith("s3://"):
+        return ref
+    folder = stage_folder(root, params, ref.stage, ref.key)
+    if not _has_key(folder / "stage.json", ref.key):
+        from .stores import pull, remote_of
+
+        remote = remote_of(folder)
+        if remote is None or not pull(folder, remote):
+            raise UserError(
+                f"{ref.stage}: its output {ref.key[:16]} is not in tracking.artifact_store="
+                f"{params.tracking.artifact_store}; rerun the flow to make it again"
+            )
+    return rebased(ref, folder)
+
+
+def rebased(ref: R, folder: Path) -> R:
+    """``ref`` with the paths inside its recorded folder moved to ``folder`` (where the
+    entry is now: another clone's copy of the store, a moved project)."""
+    old, new = ref.folder, str(folder)
+    if not old or old == new:
+        return ref
+
+    def move(value: Any) -> Any:
+        if isinstance(value, str) and (value == old or value.startswith(old + "/")):
+            return new + value[len(old) :]
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [move(v) for v in value]
+        return value
+
+    changes = {f.name: move(getattr(ref, f.name)) for f in dataclasses.fields(ref) if f.name != "folder"}
+    return dataclasses.replace(ref, **changes, folder=new)

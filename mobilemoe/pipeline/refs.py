@@ -37,6 +37,11 @@ class Context:
     git: dict
     data_version: Optional[dict] = None  # DVC md5s, set by curate
     code_versions: dict = field(default_factory=dict)  # per stage: its import closure's digest
+    # model.source: scaling: the scaling run whose design replaced params' model section
+    model_source_run_id: Optional[str] = None
+    # dvc.lock as curate left it: a step on another machine pulls this data version through
+    # DVC from data.remote (mobilemoe.pipeline.ensure_data)
+    dvc_lock: Optional[dict] = None
 
     @property
     def parsed(self) -> Params:
@@ -55,6 +60,7 @@ class CurateRef:
     data_version: dict
     stats: dict
     wall_s: float
+    dvc_lock: dict = field(default_factory=dict)  # dvc.lock's content (the outputs' md5s)
 
 
 R = TypeVar("R", bound="StageRef")
@@ -70,6 +76,12 @@ class StageRef:
     produced_by_run_id: str  # the run that made the output (``run_id`` unless reused)
     reused: bool = False
     summary: dict = field(default_factory=dict)  # headline numbers (MLflow metrics)
+    # The environment that made the output (mobilemoe.environment.environment()): a reused
+    # stage's run names it, since it may differ from the environment reusing it.
+    environment: dict = field(default_factory=dict)
+    # The cache folder it was written to; the paths above point inside it. Where the folder
+    # is found elsewhere (another clone's scratch copy of an s3:// store), they are rebased.
+    folder: str = ""
 
     # -- read-only mapping view --------------------------------------------------------
     def __getitem__(self, name: str) -> Any:
@@ -157,6 +169,36 @@ class DenseRef(TrainRef):
 
     comparison: dict = field(default_factory=dict)
     profile: Optional[ProfileRef] = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScalingPointRef(StageRef):
+    """One point of the scaling sweep: what it trained and its final validation loss (a
+    record of :func:`mobilemoe.scaling.law.fit`'s input; ``status`` ok | diverged | failed)."""
+
+    record: dict
+    checkpoint: Optional[str] = None  # the point's final weights (ok points)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScalingRef(StageRef):
+    """The sweep's fit, the design it drives, the plots; ``status`` fitted | skipped."""
+
+    status: str
+    reason: Optional[str] = None  # why the fit (or the design) was skipped
+    records_file: str = ""
+    fit_file: Optional[str] = None
+    design_file: Optional[str] = None
+    plots: list = field(default_factory=list)
+
+    def records(self) -> list[dict]:
+        return json.loads(Path(self.records_file).read_text()) if self.records_file else []
+
+    def fit(self) -> Optional[dict]:
+        return json.loads(Path(self.fit_file).read_text()) if self.fit_file else None
+
+    def design(self) -> Optional[dict]:
+        return json.loads(Path(self.design_file).read_text()) if self.design_file else None
 
 
 _NOT_CACHED = frozenset({"comparison", "profile"})

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 
 from .. import lineage as L
 from ..config import TRAIN_STAGES, Params, flat_params, parse_params, read_yaml, to_dict
+from ..environment import environment, environment_tags
 from ..errors import UserError
 from ..io import replace_dir, write_json_atomic
 from .cache import (
@@ -26,6 +27,7 @@ from .cache import (
     checkpoint_intact,
     digest,
     load_cached,
+    materialize,
     save_cached,
     stage_code_versions,
     stage_folder,
@@ -33,6 +35,7 @@ from .cache import (
 )
 from .refs import Context, CurateRef, DenseRef, EvalRef, ExportRef, ProfileRef, R, TrainRef
 from .slots import cpu_slot, slot_folder
+from .stores import check_stores
 from .tracking import (
     MlflowSink,
     ensure_logged_model,
@@ -48,9 +51,12 @@ _WAIT_KEYS = ("poll_s", "timeout_s")
 
 
 # --- start / end ------------------------------------------------------------------------
-def start(config_value: dict, pathspec: str, root: Optional[str] = None) -> Context:
+def start(
+    config_value: dict, pathspec: str, root: Optional[str] = None, datastore: Optional[str] = None
+) -> Context:
     """Validate the run's Config against the project's params.yaml (and the names only
-    the eval suite and device lab know); open the parent run."""
+    the eval suite and device lab know); check the shared stores (``datastore``: Metaflow's
+    for this run); open the parent run."""
     from ..config import project_root
     from ..preflight import preflight
 
@@ -67,7 +73,8 @@ def start(config_value: dict, pathspec: str, root: Optional[str] = None) -> Cont
             "your file over it) and run again without --config."
         )
     params = parse_params(config_value, str(params_file))
-    preflight(params, str(params_file))
+    preflight(params, str(params_file), memory_plan=True)
+    check_stores(params, L.tracking_uri(params, root_path), datastore)
     tracker = L.Tracker(params, root_path)
     git = L.git_info(root_path)
     code = L.code_version(root_path)
@@ -79,6 +86,7 @@ def start(config_value: dict, pathspec: str, root: Optional[str] = None) -> Cont
             L.CODE_VERSION: code,
             L.PARAMS_SHA256: digest(config_value),
             **git,
+            **environment_tags(environment(params.runtime.device)),
         },
     )
     tracker.log_params(run_id, flat_params(params))
@@ -110,7 +118,7 @@ def params_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def with_data_version(ctx: Context, curated: CurateRef) -> Context:
     """The context every stage after ``curate`` gets: it records the data version."""
-    return dataclasses.replace(ctx, data_version=curated.data_version)
+    return dataclasses.replace(ctx, data_version=curated.data_version, dvc_lock=curated.dvc_lock or None)
 
 
 # --- curate -----------------------------------------------------------------------------
@@ -127,24 +135,87 @@ def curate(ctx: Context) -> CurateRef:
             L.METAFLOW_PATHSPEC: ctx.pathspec,
             L.CODE_VERSION: ctx.code_for("curate"),
             **ctx.git,
+            **environment_tags(environment(params.runtime.device)),
         },
         parent_run_id=ctx.pipeline_run_id,
     )
     try:
         t0 = time.time()
+        if _shared_data(params):  # a teammate's version of dvc.lock: fetch it rather than rebuild it
+            _pull_shared(ctx.root, params)
         result = data_mod.curate(root=ctx.root)
         version = data_mod.data_version(ctx.root)
         tracker.set_tags(run_id, L.data_version_tags(version))
         tracker.log_params(run_id, flat_params(params, "data"))
         stats = result.get("stats") or {}
-        tracker.log_metrics(run_id, {**flatten_numbers(stats), "curate_wall_s": time.time() - t0})
+        ran = {"curate_wall_s": time.time() - t0, "curate_stages_run": len(result.get("stages_run") or [])}
+        tracker.log_metrics(run_id, {**flatten_numbers(stats), **ran})
         if result.get("stats_path") and Path(result["stats_path"]).exists():
             tracker.log_artifacts(run_id, result["stats_path"])
+        lock = read_yaml(Path(ctx.root) / "dvc.lock")
+        if _shared_data(params):  # steps elsewhere, teammates: pull this version from the remote
+            from ..data.remote import configure_remote, push
+
+            configure_remote(ctx.root, params.data.remote)
+            push(ctx.root)
         tracker.end_run(run_id)
     except BaseException:
         tracker.end_run(run_id, "FAILED")
         raise
-    return CurateRef(run_id=run_id, data_version=version, stats=stats, wall_s=time.time() - t0)
+    return CurateRef(run_id=run_id, data_version=version, stats=stats, wall_s=time.time() - t0, dvc_lock=lock)
+
+
+def _shared_data(params: Params) -> bool:
+    """The data version goes to the DVC remote after curate: where it is on object storage
+    or a step runs on another machine (a local folder remote is pushed by hand, as before)."""
+    import os
+
+    url = os.environ.get("MOBILEMOE_DVC_REMOTE_URL") or params.data.remote.url or ""
+    return url.startswith("s3://") or bool(params.compute.remote_steps())
+
+
+def _pull_shared(root: str, params: Params) -> None:
+    from ..data.remote import RemoteError, configure_remote, pull
+
+    if not (Path(root) / "dvc.lock").is_file():
+        return
+    configure_remote(root, params.data.remote)
+    try:
+        pull(root)
+    except RemoteError:  # not pushed yet (or partly): dvc repro makes what is missing
+        pass
+
+
+# Where a training step needs its data: the DVC stages whose outputs it reads.
+_TRAINING_DATA = ("tokenizer", "shards")
+
+
+def ensure_data(ctx: Context) -> None:
+    """The data version this run was given, in this step's project folder: already there
+    (the machine that curated, or a shared path), else pulled through DVC from
+    ``data.remote`` (a step on another machine, a node of a multi-node stage)."""
+    from ..data import DataError, data_version
+    from ..data.paths import data_paths
+    from ..data.remote import fetch
+
+    if not ctx.data_version:
+        return
+    params, root = ctx.parsed, Path(ctx.root)
+    paths = data_paths(params, root=root)
+    try:
+        here = data_version(root)
+    except DataError:
+        here = None
+    if here == ctx.data_version and paths.tokenizer.is_file() and (paths.root / "shards").is_dir():
+        return
+    if not ctx.dvc_lock:
+        raise UserError(
+            f"{paths.root}: the data version this run curated is not here and the run has no "
+            "dvc.lock to pull it with; run the curate step first"
+        )
+    fetch(root, ctx.dvc_lock, params.data.remote, _TRAINING_DATA)
+    if data_version(root) != ctx.data_version:
+        raise UserError(f"{root / 'dvc.lock'}: the pulled data version is not the run's; rerun curate")
 
 
 # --- the one cache-or-run mechanism ----------------------------------------------------------
@@ -164,6 +235,7 @@ def _run_cached(
     produce: Callable[[str], dict],
     check: Callable[[R], bool],
     keep: Optional[Callable[[R], bool]] = None,
+    run_name: Optional[str] = None,
 ) -> R:
     """Reuse the stage's cached output, or make it.
 
@@ -177,12 +249,18 @@ def _run_cached(
     """
     cached = load_cached(folder, key, ref_type, check)
     if cached is not None:
-        run_id = record_reuse(ctx, tracker, cached, tags, params_flat)
+        run_id = record_reuse(ctx, tracker, cached, tags, params_flat, run_name)
         return dataclasses.replace(cached, run_id=run_id, reused=True)
-    run_id = tracker.start_run(stage, tags, parent_run_id=ctx.pipeline_run_id)
+    run_id = tracker.start_run(run_name or stage, tags, parent_run_id=ctx.pipeline_run_id)
     try:
         tracker.log_params(run_id, params_flat)
-        ref = ref_type(stage=stage, key=key, run_id=run_id, produced_by_run_id=run_id, **produce(run_id))
+        made_by: dict[str, Any] = {
+            "environment": environment(ctx.parsed.runtime.device),
+            "folder": str(folder),
+        }
+        ref = ref_type(
+            stage=stage, key=key, run_id=run_id, produced_by_run_id=run_id, **made_by, **produce(run_id)
+        )
         kept = keep is None or keep(ref)
         if kept:
             save_cached(folder, ref)
@@ -199,9 +277,16 @@ def train_stage(ctx: Context, stage: str, upstream: Optional[TrainRef]) -> Train
     if stage not in TRAIN_STAGES:
         raise UserError(f"unknown training stage {stage!r} (one of {', '.join(TRAIN_STAGES)})")
     params = ctx.parsed
+    ensure_data(ctx)
+    upstream = materialize(ctx.root, params, upstream)
     tracker = L.Tracker(params, Path(ctx.root))
     code = ctx.code_for(stage)
     upstream_sha = upstream.checkpoint_sha256 if upstream else None
+    init_from = getattr(params, stage).init_from
+    if init_from is not None:  # starts from a Hugging Face folder (docs/hf.md): its content is the input
+        from ..hf import source_digest
+
+        upstream, upstream_sha = None, f"hf:{source_digest(init_from, f'{stage}.init_from')}"
     key = stage_key(stage, params, upstream_sha, ctx.data_version or {}, code)
     folder = stage_folder(ctx.root, params, stage, key)
     return _run_cached(
@@ -263,8 +348,12 @@ def _train(
 def export_stage(ctx: Context, qat: TrainRef) -> ExportRef:
     """Export the QAT checkpoint to an INT4 ``.pte``; an MLflow LoggedModel records it."""
     from ..checkpoint import sha256_file
+    from ..data.paths import data_paths
     from ..export import PTE, REPORT, TOKENIZER, export_pte
+    from ..hf import export_hf
+    from ..hf.card import data_section
 
+    hf_dir = "hf"  # the Hugging Face folder beside model.pte
     params = ctx.parsed
     tracker = L.Tracker(params, Path(ctx.root))
     code = ctx.code_for("export")
@@ -289,11 +378,29 @@ def export_stage(ctx: Context, qat: TrainRef) -> ExportRef:
                 parity=True,
                 threads=params.runtime.threads,
             )
+            # The float model (the QAT checkpoint's float weights) as a Hugging Face folder
+            # beside the program: logged with it below, in the same LoggedModel (docs/hf.md).
+            hf = export_hf(
+                qat.checkpoint,
+                work / hf_dir,
+                data=data_section(params, data_paths(params, root=ctx.root).root, ctx.data_version),
+                lineage={
+                    "pipeline_run_id": ctx.pipeline_run_id,
+                    "export_run_id": run_id,
+                    "qat_run_id": qat.run_id,
+                    "pte_sha256": report["program_sha256"],
+                    "metaflow_pathspec": ctx.pathspec,
+                    **{k.removeprefix(L.TAG_PREFIX): v for k, v in ctx.git.items()},
+                },
+            )
         replace_dir(work, output)
         shutil.rmtree(work, ignore_errors=True)
         summary = export_summary(report)
         tracker.log_metrics(run_id, numbers(summary))
-        tracker.set_tags(run_id, {L.PTE_SHA256: report["program_sha256"]})
+        tracker.set_tags(
+            run_id,
+            {L.PTE_SHA256: report["program_sha256"], f"{L.TAG_PREFIX}hf_architecture": hf["architecture"]},
+        )
         tracker.log_artifacts(run_id, output / REPORT)
         model_id = ensure_logged_model(
             tracker, output / REPORT, report["program_sha256"], source_run_id=run_id, input_run_id=qat.run_id
@@ -320,7 +427,10 @@ def export_stage(ctx: Context, qat: TrainRef) -> ExportRef:
         stage_tags(ctx, "export", key, qat, code),
         flat,
         produce,
-        check=lambda ref: sha256_file(ref.pte) == ref.pte_sha256,
+        check=lambda ref: (
+            sha256_file(ref.pte) == ref.pte_sha256
+            and (Path(ref.pte).parent / hf_dir / "config.json").is_file()
+        ),
     )
     if ref.reused:  # the program's LoggedModel may live in another tracking store
         model_id = ensure_logged_model(
@@ -480,6 +590,7 @@ def dense_baseline_stage(ctx: Context, pretrain: TrainRef) -> DenseRef:
     from ..train.dense import dense_counterpart
 
     params = ctx.parsed
+    ensure_data(ctx)
     tracker = L.Tracker(params, Path(ctx.root))
     code = ctx.code_for("dense_baseline")
     dense_model = dense_counterpart(params.model)

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .. import lineage as L
+from ..environment import environment, environment_tags
 from .refs import Context, StageRef
 
 
 def stage_tags(ctx: Context, stage: str, key: str, upstream: Optional[StageRef], code_version: str) -> dict:
-    """The tags of a stage's run: what it is, its key, its input, code and data versions."""
+    """The tags of a stage's run: what it is, its key, its input, code and data versions,
+    and the environment running it (a reused run adds the one that made the output)."""
     return {
         L.STAGE: stage,
         L.CACHE_KEY: key,
@@ -25,10 +27,19 @@ def stage_tags(ctx: Context, stage: str, key: str, upstream: Optional[StageRef],
         L.INPUT_RUN_ID: upstream.run_id if upstream else None,
         **ctx.git,
         **L.data_version_tags(ctx.data_version or {}),
+        L.MODEL_SOURCE_RUN: ctx.model_source_run_id,
+        **environment_tags(environment(ctx.parsed.runtime.device)),
     }
 
 
-def record_reuse(ctx: Context, tracker: L.Tracker, cached: StageRef, tags: dict, params_flat: dict) -> str:
+def record_reuse(
+    ctx: Context,
+    tracker: L.Tracker,
+    cached: StageRef,
+    tags: dict,
+    params_flat: dict,
+    run_name: Optional[str] = None,
+) -> str:
     """A child run in this pipeline run that points at the run which made the output;
     returns its id."""
     extra = {L.REUSED_FROM_RUN: cached.produced_by_run_id}
@@ -39,8 +50,10 @@ def record_reuse(ctx: Context, tracker: L.Tracker, cached: StageRef, tags: dict,
     ):
         if cached.get(name):
             extra[tag] = cached[name]
+    # which environment made the output (older cache entries did not record one)
+    extra.update(environment_tags(cached.environment, reused=True) or {L.REUSED_ENV_SHA256: "unknown"})
     run_id = tracker.start_run(
-        f"{cached.stage} (reused)", {**tags, **extra}, parent_run_id=ctx.pipeline_run_id
+        f"{run_name or cached.stage} (reused)", {**tags, **extra}, parent_run_id=ctx.pipeline_run_id
     )
     tracker.log_params(run_id, params_flat)
     tracker.log_metrics(run_id, numbers(cached.summary))

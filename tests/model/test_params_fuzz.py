@@ -77,7 +77,8 @@ def test_non_finite_numbers_are_refused_at_load(tmp_path, value):
 
 
 def test_duplicate_keys_are_an_error(tmp_path):
-    text = yaml.safe_dump(TINY).replace("pretrain:\n", "pretrain:\n  lr: 0.5\n", 1)
+    # the top-level section (compute: has a pretrain: of its own)
+    text = yaml.safe_dump(TINY).replace("\npretrain:\n", "\npretrain:\n  lr: 0.5\n", 1)
     out = _load(tmp_path, text)
     assert isinstance(out, ConfigError) and "duplicate key 'lr'" in str(out), out
 

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SECRET = "mobilemoe-test-secret-7f3a9c"  # planted in the environment; must never be recorded
 STAGES = [
     "curate",
+    "scaling",
     "pretrain",
     "midtrain",
     "sft",
@@ -116,10 +117,15 @@ def _children(root: Path, pipeline_run_id: str) -> dict:
 def test_every_step_ran_with_cards_and_the_pte_exists(first_run, project):
     root, _ = project
     steps = {s.id for s in first_run.steps()}
-    assert steps == {"start", *STAGES, "join", "end"}
+    assert steps == {"start", *STAGES, "scaling_fit", "join", "end"}
+    assert len(list(first_run["scaling"].tasks())) == 2  # the smoke sweep: 2 foreach tasks of 2 points
+    scaling_text = _card_text(first_run["scaling_fit"].task)
+    assert "fit skipped" in scaling_text and "needs at least 10 ok points" in scaling_text
     end = first_run["end"].task.data
     pte = Path(end.exported["pte"])
     assert pte.is_file() and pte.stat().st_size > 10_000
+    hf = json.loads((pte.parent / "hf" / "config.json").read_text())  # the float model beside it
+    assert hf["architectures"] == ["Glm4MoeForCausalLM"]
     for name in ("pretrain", "midtrain", "sft", "qat"):
         text = _card_text(first_run[name].task)
         assert "validation loss fell from" in text, name  # each stage's card says by how much
@@ -154,6 +160,13 @@ def test_mlflow_lineage_links_every_stage_and_the_pte(first_run, project, capsys
     end = first_run["end"].task.data
     tracker, runs = _children(root, end.ctx.pipeline_run_id)
     assert set(runs) == set(STAGES) | {"dense_profile"}
+    # the sweep's points nest under the scaling run, each with its record
+    points = tracker.client.search_runs(
+        [tracker.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{runs['scaling'].info.run_id}'"
+    )
+    assert len(points) == 4 and all(p.data.tags[L.STAGE] == "scaling_point" for p in points)
+    assert all(p.info.status == "FINISHED" and "val_loss" in p.data.metrics for p in points)
+    assert runs["scaling"].data.tags["mobilemoe.scaling.status"] == "skipped"
     assert runs["dense_profile"].info.status == "FINISHED"
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True
@@ -219,6 +232,7 @@ def test_param_edit_redoes_only_the_affected_stage(first_run, project):
     _, runs = _children(root, end.ctx.pipeline_run_id)
     reused = {s for s, r in runs.items() if L.REUSED_FROM_RUN in r.data.tags}
     assert reused == {
+        "scaling",  # the same points: the fit's cache entry
         "pretrain",
         "midtrain",
         "sft",
@@ -239,7 +253,7 @@ def test_param_edit_redoes_only_the_affected_stage(first_run, project):
 def test_a_run_with_another_config_file_stops_at_start(first_run, project, tmp_path):
     root, _ = project
     other = tmp_path / "other.yaml"
-    other.write_text((root / "params.yaml").read_text().replace("steps: ", "steps: 1", 1))
+    other.write_text((root / "params.yaml").read_text().replace("\n  steps: ", "\n  steps: 1", 1))
     status, run, out, err = _run(root, config=[("config", str(other))])
     assert status == "failed"
     assert [s.id for s in run.steps()] == ["start"]
