@@ -46,7 +46,12 @@ STAGE = "scaling"
 RECORD_TAG = "mobilemoe.scaling.record"  # a point run's record (JSON), the fit's source
 POINT_TAG = "mobilemoe.scaling.point"
 STATUS_TAG = "mobilemoe.scaling.status"
-FIT_CODE = ("mobilemoe.scaling",)  # the code a fit's cache key covers
+FIT_CODE = (  # the code a fit's cache key covers: the law, the design, the check, the figures
+    "mobilemoe.scaling.law",
+    "mobilemoe.scaling.design",
+    "mobilemoe.scaling.check",
+    "mobilemoe.scaling.plots",
+)
 
 
 @dataclass(frozen=True)
@@ -331,7 +336,13 @@ def _fit(params: Params, records: list[dict], folder: Path) -> dict:
                 context=budgets.context,
             )
             inside = _fitted_budgets(ok)
-            chosen["paper_check_in_range"] = paper_check(law, params.model, context=budgets.context, **inside)
+            if inside is not None:
+                try:
+                    chosen["paper_check_in_range"] = paper_check(
+                        law, params.model, context=budgets.context, **inside
+                    )
+                except UserError as e:  # the sweep's own range fits no design of the grid
+                    chosen["paper_check_in_range_skipped"] = str(e)
         except UserError as e:
             out["reason"] = f"no design: {e}"
         else:
@@ -341,11 +352,15 @@ def _fit(params: Params, records: list[dict], folder: Path) -> dict:
     return out
 
 
-def _fitted_budgets(ok: list[dict]) -> dict:
+def _fitted_budgets(ok: list[dict]) -> Optional[dict]:
     """Budgets inside the sweep's own range (the largest point's INT4 memory, the median
-    point's FLOPs per token): the paper check where the law needs no extrapolation."""
-    gib = max(r["accounting"]["int4_weight_bytes"] for r in ok) / 2**30
-    flops = sorted(r["accounting"]["flops_per_token"] for r in ok)[len(ok) // 2] / 1e9
+    point's FLOPs per token): the paper check where the law needs no extrapolation. None
+    when the records carry no accounting."""
+    acc = [r["accounting"] for r in ok if "int4_weight_bytes" in (r.get("accounting") or {})]
+    if not acc:
+        return None
+    gib = max(a["int4_weight_bytes"] for a in acc) / 2**30
+    flops = sorted(a["flops_per_token"] for a in acc)[len(acc) // 2] / 1e9
     return {"memory_gib": gib, "gflops_per_token": flops}
 
 

@@ -200,3 +200,63 @@ def test_model_source_scaling_hands_the_designed_model_to_later_stages(tmp_path,
     assert model.source == "scaling" and after.model_source_run_id == "scaling-run"
     assert stage_tags(after, "pretrain", "key", None, "code")[L.MODEL_SOURCE_RUN] == "scaling-run"
     assert ctx.parsed.model.d_model != model.d_model or ctx.parsed.model.moe != model.moe
+
+
+def test_a_fitted_sweep_fills_the_card_and_is_cached_by_its_records(
+    law, sweep_records, tmp_path, monkeypatch
+):
+    """The fit step on a fitted sweep (the synthetic one: the smoke sweep is too small to
+    fit): law, design, paper check with margins and three figures in the card and the
+    stage's files; the same records again reuse the fit instead of refitting."""
+    from mobilemoe import cards
+    from mobilemoe.pipeline import SweepPlan, scaling_fit
+    from mobilemoe.scaling import law as law_mod
+
+    ctx, tracker = _context(tmp_path, tmp_path, {"scaling.sweep.min_points_to_fit": 10})
+    plan = SweepPlan(
+        run_id=tracker.start_run("scaling", {L.STAGE: "scaling"}, ctx.pipeline_run_id),
+        groups=[[]],
+        n_points=len(sweep_records),
+        train_tokens=1,
+    )
+    # the synthetic records, with accounting numbers of the size a real point carries
+    # (INT4 g32 bytes ~ 0.5625 per weight; FLOPs at context 2048 well above 2 per weight)
+    records = [
+        {
+            **r,
+            "key": r["name"],
+            "status": "ok",
+            "accounting": {
+                "int4_weight_bytes": int(r["total_params"] * 0.5625),
+                "flops_per_token": int(40 * r["active_params"]),
+            },
+        }
+        for r in sweep_records
+    ]
+    monkeypatch.setattr(law_mod, "fit", lambda recs, seed=0: law)  # the shared fixture's fit (fast)
+    ref = scaling_fit(ctx, plan, records)
+    assert ref.status == "fitted" and ref.reason is None
+    chosen = ref.design()
+    assert chosen["paper_check"]["margins_nats"] and "paper_check_in_range" in chosen
+    assert [Path(p).name for p in ref.plots] == [
+        "loss_vs_active_params.png",
+        "iso_loss_sparsity_granularity.png",
+        "loss_vs_int4_memory.png",
+    ]
+    card: list = []
+    cards.scaling_card(card, ref)
+    kinds = [type(c).__name__ for c in card]
+    assert kinds.count("Image") == 3 and "Table" in kinds
+    run = tracker.get_run(plan.run_id)
+    assert run.data.metrics["loo_median_rel_err"] == pytest.approx(law["loo_median_rel_err"])
+    assert run.data.tags["mobilemoe.scaling.status"] == "fitted"
+    plan2 = SweepPlan(
+        run_id=tracker.start_run("scaling", {L.STAGE: "scaling"}, ctx.pipeline_run_id),
+        groups=[[]],
+        n_points=len(sweep_records),
+        train_tokens=1,
+    )
+    monkeypatch.setattr(law_mod, "fit", lambda recs, seed=0: pytest.fail("refitted the same records"))
+    again = scaling_fit(ctx, plan2, records)
+    assert again.reused and again.fit_file == ref.fit_file
+    assert tracker.get_run(plan2.run_id).data.tags[L.REUSED_FROM_RUN] == plan.run_id
