@@ -182,15 +182,20 @@ def save_checkpoint(
         raise
 
 
-def _check_shapes(model, state: dict, path: Path) -> None:
-    """Every tensor in the file has the shape config.json implies: a config (and manifest)
-    edited to another size is one clear error, not torch's "size mismatch" traceback."""
-    want = model.state_dict()
-    bad = [
+def shape_mismatches(want: dict, state: dict) -> list[str]:
+    """``"name (file shape) vs (model shape)"`` for every tensor of ``state`` whose shape is
+    not the one the model (``want``: its state dict) has."""
+    return [
         f"{k} {tuple(v.shape)} vs {tuple(want[k].shape)}"
         for k, v in state.items()
         if k in want and tuple(v.shape) != tuple(want[k].shape)
     ]
+
+
+def _check_shapes(model, state: dict, path: Path) -> None:
+    """Every tensor in the file has the shape config.json implies: a config (and manifest)
+    edited to another size is one clear error, not torch's "size mismatch" traceback."""
+    bad = shape_mismatches(model.state_dict(), state)
     if bad:
         raise CheckpointError(
             f"{path}: weights do not match config.json ({len(bad)} tensors "

@@ -25,7 +25,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from ..checkpoint import TOKENIZER, CheckpointError, checkpoint_sha256, load_checkpoint, verify
+from ..checkpoint import (
+    TOKENIZER,
+    CheckpointError,
+    checkpoint_sha256,
+    load_checkpoint,
+    shape_mismatches,
+    verify,
+)
 from ..config.model import ModelConfig
 from ..errors import UserError
 from ..io import write_json_atomic, write_text_atomic
@@ -325,11 +332,7 @@ def import_hf(
     state = from_hf_state(_read_weights(folder), cfg, str(folder), ignore=mtp_layer)
     net = build_model(cfg, device="meta")
     want = net.state_dict()
-    bad = [
-        f"{k} {tuple(v.shape)} vs {tuple(want[k].shape)}"
-        for k, v in state.items()
-        if k in want and tuple(v.shape) != tuple(want[k].shape)
-    ]
+    bad = shape_mismatches(want, state)
     if bad:
         raise HFMappingError(
             f"{folder}: weights do not match config.json ({len(bad)} differ, e.g. {'; '.join(bad[:3])})"
