@@ -50,7 +50,10 @@ def client(connect_timeout: float = TIMEOUT_S, attempts: int = 3):
     import boto3
     from botocore.config import Config
 
-    return boto3.client(
+    # A fresh session each time: boto3's default session keeps the credentials it resolved
+    # first, so a later change of the environment would be ignored (and a test's planted
+    # keys would outlive the test).
+    return boto3.session.Session().client(
         "s3",
         config=Config(connect_timeout=connect_timeout, read_timeout=120, retries={"max_attempts": attempts}),
     )
