@@ -12,6 +12,7 @@ those rows and may pass its own attention function for them (``attend``).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any, Callable, Optional, cast
 
@@ -154,6 +155,9 @@ class MobileMoE(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        # First, so the draw is the same whether the model is built on a device or on
+        # "meta" (submodule constructors may consume the global RNG after it).
+        self.init_seed = draw_init_seed()
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -169,22 +173,49 @@ class MobileMoE(nn.Module):
 
     # -- init ---------------------------------------------------------------------------
     @torch.no_grad()
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, names: Optional[set[str]] = None) -> None:
+        """Initialise the parameters (only those in ``names``, if given) and their buffers.
+
+        Each parameter draws from its own generator, seeded by ``init_seed`` and its name,
+        so the weights do not depend on the order or the machine they are made in: a
+        rank that materializes one block at a time before sharding it
+        (``mobilemoe.train.fsdp.shard_model``) makes the same weights as one process
+        that builds the whole model."""
         std = self.cfg.init_std
         out_std = std / math.sqrt(2 * self.cfg.n_layers)  # residual projections (GPT-2)
         for name, p in self.named_parameters():
+            if names is not None and name not in names:
+                continue
             if p.ndim == 1:  # norms
                 p.fill_(1.0)
-            elif name.endswith(("wo.weight", "down.weight", ".w2")):
-                nn.init.normal_(p, 0.0, out_std)
-            else:
-                nn.init.normal_(p, 0.0, std)
-        for m in self.modules():
-            if isinstance(m, Router):
+                continue
+            g = torch.Generator(device=p.device).manual_seed(_param_seed(self.init_seed, name))
+            residual = name.endswith(("wo.weight", "down.weight", ".w2"))
+            p.normal_(0.0, out_std if residual else std, generator=g)
+        for mname, m in self.named_modules():
+            if isinstance(m, Router) and (names is None or f"{mname}.weight" in names):
                 m.expert_bias.zero_()
-        self.inv_freq.copy_(
-            rope_inv_freq(self.cfg.resolved_head_dim, self.cfg.rope_theta, self.cfg.rope_scaling)
-        )
+                m.load_accum.zero_()
+        if not self.inv_freq.is_meta:
+            self.inv_freq.copy_(
+                rope_inv_freq(self.cfg.resolved_head_dim, self.cfg.rope_theta, self.cfg.rope_scaling)
+            )
+
+    def materialize(self, device: str | torch.device, prefix: str = "") -> None:
+        """Allocate on ``device`` and initialise what is still on "meta" under ``prefix``
+        (a module path such as ``"layers.3."``; "" = all of it). Parameters made earlier
+        (a block already materialized, or sharded) are left as they are."""
+        made: set[str] = set()
+        for mname, m in self.named_modules():
+            if prefix and not (mname + ".").startswith(prefix):
+                continue
+            own = [*m.parameters(recurse=False), *m.buffers(recurse=False)]
+            if any(t.is_meta for t in own):
+                m.to_empty(device=device, recurse=False)
+                made.update(f"{mname}.{n}" if mname else n for n, _ in m.named_parameters(recurse=False))
+        if self.cfg.tie_embeddings:  # to_empty made the tied weight twice
+            self.output.weight = self.tok_embeddings.weight
+        self.reset_parameters(made)
 
     # -- cache ----------------------------------------------------------------------------
     def blocks(self) -> list[Block]:
@@ -313,6 +344,23 @@ class MobileMoE(nn.Module):
 
 
 def build_model(cfg: ModelConfig, device: str | torch.device = "cpu") -> MobileMoE:
-    """Build on ``device`` ("meta" = shapes only, no weight memory)."""
-    with torch.device(device):
-        return MobileMoE(cfg)
+    """Build on ``device`` ("meta" = shapes only, no weight memory; ``materialize`` later).
+
+    The weights are a function of one draw from torch's global generator
+    (``torch.manual_seed`` before building makes them reproducible) and the parameter
+    names, whatever the device or the order of materialization."""
+    with torch.device("meta"):
+        model = MobileMoE(cfg)
+    if torch.device(device).type != "meta":
+        model.materialize(device)
+    return model
+
+
+def draw_init_seed() -> int:
+    """One draw from torch's global CPU generator: the seed of a model's initialisation."""
+    return int(torch.randint(0, 2**62, (1,), device="cpu").item())
+
+
+def _param_seed(init_seed: int, name: str) -> int:
+    digest = hashlib.sha256(f"{init_seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)

@@ -2,6 +2,7 @@
 
     checkpoint_blocks(model)                 # recompute each block's activations in backward
     shard_model(model, param_dtype=bf16)     # fully_shard per block, routers apart, then the root
+    shard_model(build_model(cfg, "meta"), device=dev)  # made one block at a time, never whole
     full = full_model_state(model)           # rank 0: the whole state dict on the CPU
 
 ``<stage>.parallelism: fsdp`` with ``nproc > 1`` shards parameters, gradients and AdamW
@@ -81,11 +82,21 @@ def checkpoint_blocks(model: nn.Module) -> None:
         block._mobilemoe_checkpointed = True
 
 
-def shard_model(model: nn.Module, param_dtype: Optional[torch.dtype] = None) -> nn.Module:
+def shard_model(
+    model: nn.Module, param_dtype: Optional[torch.dtype] = None, device: Optional[torch.device] = None
+) -> nn.Module:
     """``fully_shard`` the model in place (the process group must be up); returns it.
 
-    ``param_dtype``: the compute dtype of the all-gathered parameters (None = fp32)."""
+    ``param_dtype``: the compute dtype of the all-gathered parameters (None = fp32).
+    A model built on "meta" (``build_model(cfg, "meta")``) is materialized on ``device``
+    one unit at a time, each sharded before the next is made: a rank never holds more
+    than one whole block, and the weights are those one process would have made
+    (``MobileMoE.reset_parameters``)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    on_meta = any(p.is_meta for p in model.parameters())
+    if on_meta and device is None:
+        raise ValueError("shard_model: a model on 'meta' needs the device to materialize it on")
 
     compute = param_dtype or torch.float32
     fp32 = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
@@ -94,10 +105,14 @@ def shard_model(model: nn.Module, param_dtype: Optional[torch.dtype] = None) -> 
     block_mp = MixedPrecisionPolicy(
         param_dtype=compute, reduce_dtype=torch.float32, cast_forward_inputs=False
     )
-    for block in model.blocks():  # type: ignore[operator]
+    for i, block in enumerate(model.blocks()):  # type: ignore[operator]
+        if on_meta:
+            model.materialize(device, prefix=f"layers.{i}.")  # type: ignore[operator]
         for router in _routers(block):
             fully_shard(router, mp_policy=fp32)
         fully_shard(block, mp_policy=block_mp)
+    if on_meta:
+        model.materialize(device)  # type: ignore[operator]  # the root: embedding, norm, head
     fully_shard(model, mp_policy=MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32))
     return model
 

@@ -100,6 +100,7 @@ class Trainer:
         callbacks: Sequence = (),
         state: Optional[TrainState] = None,
         optimizer_state: Optional[dict] = None,
+        shard: Optional[bool] = None,
     ):
         self.model, self.cfg, self.loader = model, cfg, loader
         self.device, self.world, self.autocast_dtype = device, world or World(), autocast_dtype
@@ -108,14 +109,17 @@ class Trainer:
         if cfg.activation_checkpointing:
             checkpoint_blocks(model)
         # One process has nothing to shard: "fsdp" then trains the plain model (and writes
-        # sharded-format checkpoints that any process count resumes).
-        self.sharded = cfg.parallelism == "fsdp" and self.world.distributed
+        # sharded-format checkpoints that any process count resumes). ``shard=True`` with a
+        # process group of one shards anyway (benchmarks/fsdp_step.py on one GPU).
+        self.sharded = cfg.parallelism == "fsdp" and self.world.distributed if shard is None else shard
         if self.sharded:
             # FSDP casts the gathered weights itself (fp32 master weights stay sharded).
-            shard_model(model, param_dtype=autocast_dtype)
+            shard_model(model, param_dtype=autocast_dtype, device=device)
             self.autocast_dtype = None
             self.ddp_model = model
         else:
+            if any(p.is_meta for p in model.parameters()):  # built for sharding, not sharded
+                cast(Any, model).materialize(device)
             self.ddp_model = wrap_ddp(model, self.world, device)
         self.optimizer = build_optimizer(model, cfg)
         if optimizer_state is not None:

@@ -134,11 +134,15 @@ def _run(params, stage, mix, out_dir, init, callbacks, tokenizer, progress, worl
         from ..model import build_model
 
         torch.manual_seed(params.runtime.seed)  # the seeded initialisation of pretraining
-        model = build_model(params.model)
+        # Under FSDP each rank makes the weights one block at a time as it shards them
+        # (mobilemoe.train.fsdp.shard_model): never the whole model on one rank.
+        sharding = cfg.parallelism == "fsdp" and world.distributed
+        model = build_model(params.model, device="meta" if sharding else "cpu")
     del init_model
     if stage == "qat":
         model = prepare_qat(model, params)
-    model.to(device)
+    if not any(p.is_meta for p in model.parameters()):
+        model.to(device)
     if payload is not None:
         ck.set_rng_state(payload["rng"])
     resumed_from = state.step if state else 0

@@ -70,6 +70,14 @@ def test_decode_drops_the_stop_token(sft):
     assert decode_new(tok, ids + [END_OF_TURN_ID]) == "hello world"
 
 
+def _printed(capsys) -> str:
+    """The generated text: stdout less the one newline print adds (the text itself may
+    end in newlines)."""
+    out = capsys.readouterr().out
+    assert out.endswith("\n")
+    return out[:-1]
+
+
 def test_generate_command_with_a_checkpoint_uses_the_chat_template(qat_checkpoint, capsys):
     from mobilemoe.data.tokenizer import load_tokenizer
 
@@ -87,7 +95,7 @@ def test_generate_command_with_a_checkpoint_uses_the_chat_template(qat_checkpoin
         )
         == 0
     )
-    printed = capsys.readouterr().out.rstrip("\n")
+    printed = _printed(capsys)
     model, _ = load_for_inference(qat_checkpoint)  # the converted INT4 model
     tok = load_tokenizer(qat_checkpoint / "tokenizer.json")
     ids = [BOS_ID, *tok.encode(chat_prompt("What is a list?"), add_special_tokens=False).ids]
@@ -110,7 +118,7 @@ def test_generate_command_with_a_checkpoint_uses_the_chat_template(qat_checkpoin
     )
     fp, _ = load_for_inference(qat_checkpoint, quantized=False)
     plain = encode_prompt(tok, "What is a list?", chat=False)
-    assert capsys.readouterr().out.rstrip("\n") == decode_new(tok, generate_ids(fp, plain, 12))
+    assert _printed(capsys) == decode_new(tok, generate_ids(fp, plain, 12))
 
 
 def test_generate_command_with_a_program(int4_export, capsys):
@@ -129,7 +137,7 @@ def test_generate_command_with_a_program(int4_export, capsys):
         )
         == 0
     )
-    printed = capsys.readouterr().out.rstrip("\n")
+    printed = _printed(capsys)
     pte = PteModel(out / "model.pte")
     assert pte.use_chat_template  # exported from a qat checkpoint
     assert printed == pte.generate_text("What is a list?", 12) and printed

@@ -356,3 +356,34 @@ def test_generation_api_needs_cache():
     model = build_model(CONFIGS["moe-sigmoid"])
     with pytest.raises(RuntimeError, match="setup_cache"):
         model(torch.zeros(1, 3, dtype=torch.long), torch.arange(3))
+
+
+@pytest.mark.parametrize("name", ["moe-first-dense", "dense-sliding"])
+def test_weights_do_not_depend_on_the_order_they_are_made_in(name):
+    """What FSDP ranks do (one block at a time from "meta", the root last) makes the
+    weights one process makes at once; blocks made earlier are left alone."""
+    cfg = CONFIGS[name]
+    torch.manual_seed(7)
+    whole = build_model(cfg)
+    torch.manual_seed(7)
+    parts = build_model(cfg, device="meta")
+    assert all(p.is_meta for p in parts.parameters())
+    for i in reversed(range(cfg.n_layers)):
+        parts.materialize("cpu", prefix=f"layers.{i}.")
+        assert not any(p.is_meta for p in parts.layers[i].parameters())
+        assert parts.tok_embeddings.weight.is_meta
+    norm = parts.layers[0].attn_norm.weight
+    with torch.no_grad():
+        norm.fill_(3.0)  # as if trained (or sharded): the root's turn must not reset it
+    parts.materialize("cpu")  # the rest: embedding, final norm, head, buffers
+    assert torch.equal(norm, torch.full_like(norm, 3.0))
+    with torch.no_grad():
+        norm.fill_(1.0)
+    a, b = whole.state_dict(), parts.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (parts.output.weight is parts.tok_embeddings.weight) == cfg.tie_embeddings
+    assert torch.equal(parts.inv_freq, whole.inv_freq)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 16))
+    assert torch.equal(parts(tokens), whole(tokens))
+    # a second model drawn from the same generator is a different initialisation
+    assert not torch.equal(build_model(cfg).tok_embeddings.weight, whole.tok_embeddings.weight)
