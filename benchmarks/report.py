@@ -113,6 +113,33 @@ def render_train_step(d: dict) -> list[str]:
     ) + ["", f"{d['device']}, {d['threads']} thread(s)."]
 
 
+def render_fsdp_step(d: dict) -> list[str]:
+    gb = 1e9
+    rows = [
+        [
+            par,
+            round(r["step_s"], 3),
+            r["tok_per_s"],
+            r.get("mfu"),
+            f"{r['peak_bytes'] / gb:.2f}",
+            f"{r['planned_bytes'] / gb:.2f}",
+        ]
+        for par, r in d["parallelisms"].items()
+    ]
+    lines = table(["parallelism", "step s", "tok/s", "MFU", "peak GB per rank", "plan GB per rank"], rows)
+    ratio = ""
+    if "fsdp_vs_ddp_step_time" in d:
+        ratio = (
+            f" FSDP / DDP: step time {d['fsdp_vs_ddp_step_time']:.2f}x, "
+            f"peak memory {d['fsdp_vs_ddp_peak_bytes']:.2f}x."
+        )
+    return lines + [
+        "",
+        f"{d['model']} ({d['total_params'] / 1e6:.0f}M parameters), {d['nproc']} rank(s), "
+        f"batch {d['batch']} x {d['seq_len']}, {d['precision']} on {d['device']}.{ratio}",
+    ]
+
+
 def render_eval_throughput(d: dict) -> list[str]:
     rows = [[task, ratio] for task, ratio in d["batched_vs_single_by_task"].items()]
     rows.append(["all (1 thread, CPU s)", d["batched_vs_single"]])
@@ -218,6 +245,7 @@ def render_curate(d: dict) -> list[str]:
 RENDERERS: dict[str, Callable[[dict], list[str]]] = {
     "moe_layer": render_moe_layer,
     "train_step": render_train_step,
+    "fsdp_step": render_fsdp_step,
     "eval_throughput": render_eval_throughput,
     "moe_decode": render_moe_decode,
     "moe_kernel": render_moe_kernel,
