@@ -6,7 +6,7 @@ QK-norm, tied embeddings, the INT4 embedding) while halving the ExecuTorch lower
 dominates: on this 2-core machine an INT4 export of the one-layer model takes ~30-50 s and
 an fp32 one ~15 s. The models are trained for a few seconds on real text first: a random
 model repeats one token or has flat logits full of near ties, which would make the greedy
-comparisons vacuous. The two-layer smoke model is exported in the slow tests.
+comparisons vacuous. A two-layer smoke model is exported in the slow tests.
 """
 
 from __future__ import annotations

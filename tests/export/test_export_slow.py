@@ -1,5 +1,5 @@
-"""Slow: the two-layer smoke model (the preset as shipped, trained briefly), INT4 and fp32,
-through the same checks as the default one-layer tests (~2 minutes on 2 cores)."""
+"""Slow: a two-layer smoke model (the preset with a second block, trained briefly), INT4 and
+fp32, through the same checks as the default one-layer tests (~2 minutes on 2 cores)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from mobilemoe.export.parity import greedy_parity, sample_prompts
 from mobilemoe.quant import load_for_inference
 
 pytestmark = pytest.mark.slow
+TWO_LAYERS = ["model.n_layers=2"]  # more than one block: the layer loops of the export
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +22,8 @@ def smoke_checkpoints(tmp_path_factory, tokenizer_file):
 
     root = tmp_path_factory.mktemp("smoke")
     return (
-        make_checkpoint(root / "qat", tokenizer_file, overrides=[]),
-        make_checkpoint(root / "sft", tokenizer_file, overrides=[], stage="sft", seed=1),
+        make_checkpoint(root / "qat", tokenizer_file, overrides=TWO_LAYERS),
+        make_checkpoint(root / "sft", tokenizer_file, overrides=TWO_LAYERS, stage="sft", seed=1),
     )
 
 
