@@ -2,7 +2,11 @@
 
 The claim protocol needs no conditional writes (some S3 servers, SeaweedFS among them,
 do not enforce them under concurrent PUTs). It is the bakery idea on object names,
-and relies only on atomic single-object PUTs and lists that see completed PUTs:
+and relies only on atomic single-object PUTs and lists that see completed PUTs, and
+that never miss both sides of a replacement (put the successor, then delete the
+predecessor: a ticket after its ``choosing`` marker, a renewed lease after the old one).
+S3 lists walk names in order and each successor sorts after its predecessor; the local
+folder lists each folder as it was read, an entry deleted since included:
 
     claims/<job>/<epoch>/choosing-<ms>-<runner>.json   "I am about to take a ticket"
     claims/<job>/<epoch>/ticket-<ms>-<runner>.json     "I contend for this epoch"

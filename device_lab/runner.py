@@ -231,6 +231,7 @@ class Runner:
                     log.warning("lost the lease of %s; another runner has it", claim.handle)
                     return {}
                 if self.stop.is_set():
+                    self._drop_claim()
                     try:
                         self.queue.release(claim)  # let another runner take it at once
                     except TransportError:
@@ -249,6 +250,7 @@ class Runner:
                     **common,
                 )
             except Interrupted:  # stopping mid-download: hand the job back at once
+                self._drop_claim()
                 try:
                     self.queue.release(claim)
                 except TransportError:
@@ -278,8 +280,7 @@ class Runner:
             self.handled += 1
             return result
         finally:
-            with self._lock:
-                self._claim = None
+            self._drop_claim()
             self._keep_log(claim.handle, job_dir)
             shutil.rmtree(job_dir, ignore_errors=True)
 
@@ -384,6 +385,7 @@ class Runner:
                 log.warning("delivering %s failed: %s; retrying in %.1f s", claim.handle, e, delay)
                 self.stop.wait(delay)
                 delay = min(delay * 2, 30.0)
+        self._drop_claim()
         try:
             self.queue.finish(claim)
         except TransportError as e:  # harmless: the result exists, so nobody reruns the job
@@ -423,18 +425,33 @@ class Runner:
             if time.monotonic() < next_beat:
                 continue
             next_beat = time.monotonic() + every_s
-            if claim is not None:
-                try:
-                    if not self.queue.renew(claim):
-                        self._cancel.set()
-                except TransportError as e:
-                    log.warning("lease renewal of %s failed: %s", claim.handle, e)
-                    if time.time() > claim.lease_expires:
-                        self._cancel.set()  # others may have it now: stop rather than run twice
+            self._renew_current()
             try:
                 self._register()
             except TransportError:
                 pass
+
+    def _renew_current(self) -> None:
+        """Renew the current claim's lease, holding the claim lock throughout: ``_drop_claim``
+        waits for it, so a renewal never puts a lease back after the claim was finished or
+        released (a lease left behind a result, or a released job held for lease_s)."""
+        with self._lock:
+            claim = self._claim
+            if claim is None:
+                return
+            try:
+                if not self.queue.renew(claim):
+                    self._cancel.set()
+            except TransportError as e:
+                log.warning("lease renewal of %s failed: %s", claim.handle, e)
+                if time.time() > claim.lease_expires:
+                    self._cancel.set()  # others may have it now: stop rather than run twice
+
+    def _drop_claim(self) -> None:
+        """Stop renewing the current claim (before finishing or releasing it); returns once
+        no renewal of it is in flight."""
+        with self._lock:
+            self._claim = None
 
     def _register(self) -> None:
         self.queue.register(

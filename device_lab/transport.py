@@ -27,12 +27,13 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import BinaryIO, Callable, Optional
 
 from .schema import ProtocolError, QueueURI, parse_queue_uri
 
 log = logging.getLogger("device_lab.transport")
 _TMP_PREFIX = ".tmp-"
+_FOLDER_TRIES = 5  # a local write whose folder another runner's delete keeps removing
 
 
 class TransportError(RuntimeError):
@@ -192,22 +193,33 @@ class LocalTransport(Transport):
         except OSError as e:
             raise TransportError(f"{op} {self.uri.uri_for(key)} failed: {e.strerror or e}") from None
 
-    def put_bytes(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-
-        def put():
-            path.parent.mkdir(parents=True, exist_ok=True)
+    def _write(self, path: Path, write: Callable[[BinaryIO], object], sync: bool) -> None:
+        """Write ``path`` whole or not at all: a temp file beside it, renamed over it. Another
+        runner's ``delete`` drops the folders it empties, and can do so between our mkdir
+        and our temp file (a claim folder we are about to write into): make it again."""
+        for attempt in range(_FOLDER_TRIES):
             tmp = path.with_name(f"{_TMP_PREFIX}{secrets.token_hex(6)}-{path.name}")
             try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
+                path.parent.mkdir(parents=True, exist_ok=True)
+                f = open(tmp, "wb")
+            except (FileNotFoundError, FileExistsError):  # the folder went away meanwhile
+                if attempt + 1 == _FOLDER_TRIES:
+                    raise
+                continue
+            try:  # from here on the temp file keeps the folder (a folder is dropped only empty)
+                with f:
+                    write(f)
+                    if sync:
+                        f.flush()
+                        os.fsync(f.fileno())
                 os.replace(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)
+            return
 
-        self._wrap("PUT", key, put)
+    def put_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        self._wrap("PUT", key, lambda: self._write(path, lambda f: f.write(data), sync=True))
 
     def get_bytes(self, key: str, max_bytes: Optional[int] = None) -> Optional[bytes]:
         path = self._path(key)
@@ -225,6 +237,11 @@ class LocalTransport(Transport):
         return self._wrap("GET", key, get)
 
     def list(self, prefix: str) -> list[ObjectInfo]:
+        """Each folder as it was when read. An entry deleted since is still listed (size 0),
+        never dropped: the claim protocol replaces objects by putting the successor, then
+        deleting the predecessor (a ticket after its ``choosing`` marker, a renewed lease
+        after the old one), and a folder read before the successor appeared must still show
+        the predecessor; dropping it showed neither, and a held job looked free."""
         # Walk only the deepest folder the prefix names (jobs/, claims/<job>/...).
         base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
         out = []
@@ -243,7 +260,8 @@ class LocalTransport(Transport):
                         continue
                     try:
                         st = p.lstat()  # never follow: a planted link is listed, then rejected
-                    except FileNotFoundError:  # deleted while listing
+                    except FileNotFoundError:  # deleted since the folder was read: see above
+                        out.append(ObjectInfo(key, 0, 0.0))
                         continue
                     out.append(ObjectInfo(key, st.st_size, st.st_mtime))
 
@@ -272,18 +290,12 @@ class LocalTransport(Transport):
     def upload_file(self, key: str, path: Path) -> None:
         dest = self._path(key)
 
-        def up():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f"{_TMP_PREFIX}{secrets.token_hex(6)}-{dest.name}")
-            try:
-                with open(path, "rb") as src, open(tmp, "wb") as dst:
-                    while block := src.read(1 << 20):
-                        dst.write(block)
-                os.replace(tmp, dest)
-            finally:
-                tmp.unlink(missing_ok=True)
+        def copy(dst: BinaryIO) -> None:
+            with open(path, "rb") as src:
+                while block := src.read(1 << 20):
+                    dst.write(block)
 
-        self._wrap("UPLOAD", key, up)
+        self._wrap("UPLOAD", key, lambda: self._write(dest, copy, sync=False))
 
     def _download(self, key: str, dest: Path, max_bytes: int, should_stop: Callable[[], bool]) -> None:
         src_path = self._path(key)

@@ -7,14 +7,19 @@ enforce conditional writes under concurrent PUTs: the protocol does not use them
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from device_lab_helpers import CountingCheck, make_queue
 
+from device_lab.queue import Queue
 from device_lab.runner import Runner
+from device_lab.schema import make_result
 from device_lab.submit import submit_job
+from device_lab.transport import open_transport
 
 N_JOBS, N_RUNNERS = 20, 3
 
@@ -126,8 +131,6 @@ def test_a_finished_job_is_never_claimed_again(tmp_path, fake_pte, small_tokeniz
     a.transport.put_bytes("jobs/j-1.json", b"{}")
     stale_entry = b.scan()[0]  # b looked before a finished
     claim = a.claim(a.scan()[0], "a")
-    from device_lab.schema import make_result
-
     assert a.write_result("j-1", make_result("j-1", "ok"))
     a.finish(claim)
     assert a.scan() == []
@@ -152,3 +155,160 @@ def test_claim_stress(where, request, tmp_path):
     """Many more simultaneous rounds, more contenders: still exactly one winner each."""
     uri, endpoint = _queue_uri(where, request, tmp_path)
     assert _simultaneous_claims(uri, endpoint, rounds=60, contenders=6) == [1] * 60
+
+
+def _after_reading_folder(monkeypatch, folder, when, action):
+    """Run ``action`` once, right after the local transport has read ``folder``'s entries
+    (the first time ``when(names)`` holds) and before it looks at any of them: the moment
+    another runner's put-then-delete can land in the middle of a listing."""
+    real_scandir, fired = os.scandir, []
+
+    class Read:  # what os.scandir returns: an iterator and a context manager
+        def __init__(self, entries):
+            self.entries = iter(entries)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            return next(self.entries)
+
+        def close(self):
+            pass
+
+    def scandir(path="."):
+        with real_scandir(path) as it:
+            entries = list(it)
+        if not fired and os.fspath(path) == os.fspath(folder) and when([e.name for e in entries]):
+            fired.append(True)
+            action()
+        return Read(entries)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    return fired
+
+
+def test_a_contender_handing_its_marker_to_its_ticket_mid_listing_is_still_seen(tmp_path, monkeypatch):
+    """Runner o took its ticket time before a did, then wrote the ticket and deleted its
+    ``choosing`` marker while a's settle listing (step 5) was half done: a had read the
+    folder before o's ticket existed and looked at the marker after it was gone. a must
+    still see o (marker or ticket) and lose to o's older ticket. Two winners = a job run
+    twice: the occasional failure of test_one_winner_and_three_runners_race_over_20_jobs."""
+    uri = f"file://{tmp_path}/q"
+    a, o = make_queue(uri), make_queue(uri)
+    a.transport.put_bytes("jobs/j-1.json", b"{}")
+    entry = a.scan()[0]
+    ms = int(time.time() * 1000) - 50
+    marker, ticket = (f"claims/j-1/000001/{kind}-{ms}-o.json" for kind in ("choosing", "ticket"))
+    a_put = a.transport.put_bytes
+
+    def put(key, data):  # both passed step 1; o's marker lands just after a's (step 2)
+        a_put(key, data)
+        if key.endswith("-a.json") and "/choosing-" in key:
+            o.transport.put_bytes(marker, b"")  # o listed no ticket: its ticket time is ms
+
+    monkeypatch.setattr(a.transport, "put_bytes", put)
+
+    def o_takes_its_ticket():  # o: step 4, while a lists (step 5)
+        o.transport.put_bytes(ticket, b"")
+        o.transport.delete(marker)
+
+    fired = _after_reading_folder(
+        monkeypatch,
+        tmp_path / "q" / "claims" / "j-1" / "000001",
+        lambda names: any(n.startswith("ticket-") and n.endswith("-a.json") for n in names),
+        o_takes_its_ticket,
+    )
+    assert a.claim(entry, "a") is None, "a must lose to o's older ticket"
+    assert fired, "the interleaving happened"
+    tickets = sorted(n.order for n in a._names("claims/j-1/000001/") if n.kind == "ticket")
+    assert tickets[0] == (ms, "o"), "o's ticket is the smallest: o is the one winner"
+
+
+def test_a_lease_renewed_mid_listing_still_holds_the_job(tmp_path, monkeypatch):
+    """a's ticket is older than lease_s (a long benchmark), so its lease alone keeps the
+    job. a renews (puts the new lease, deletes the old) while b's claim lists the epoch:
+    b read the folder before the new lease existed and looked at the old one after it
+    was gone. b must still see a lease and back off, not take epoch 2 and rerun the job."""
+    uri, now = f"file://{tmp_path}/q", [1_000_000.0]
+    a, b = (
+        Queue(open_transport(uri), lease_s=30.0, settle_poll_s=0.02, clock=lambda: now[0]) for _ in range(2)
+    )
+    a.transport.put_bytes("jobs/j-1.json", b"{}")
+    claim = a.claim(a.scan()[0], "a")
+    assert claim is not None
+    for _ in range(4):  # 40 s of renewals every lease_s/3: the ticket's grace is long past
+        now[0] += 10
+        assert a.renew(claim)
+    entry = b.scan()[0]
+    assert entry.busy
+    now[0] += 10
+    fired = _after_reading_folder(
+        monkeypatch,
+        tmp_path / "q" / "claims" / "j-1" / "000001",
+        lambda names: any(n.startswith("lease-") for n in names),
+        lambda: a.renew(claim),
+    )
+    assert b.claim(entry, "b") is None, "b must see a's lease, old or new"
+    assert fired, "the interleaving happened"
+
+
+def test_a_put_lands_though_a_delete_drops_its_folder(tmp_path, monkeypatch):
+    """``delete`` drops the folders it empties; another runner's put may just have made the
+    folder (a claim epoch) and not yet written into it. The put must land all the same."""
+    t = open_transport(f"file://{tmp_path}/q")
+    real_mkdir, raced = Path.mkdir, []
+
+    def mkdir(self, *args, **kwargs):
+        real_mkdir(self, *args, **kwargs)
+        if self.name == "000001" and not raced:
+            raced.append(True)
+            os.rmdir(self)  # what delete() of the folder's last entry does meanwhile
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    t.put_bytes("claims/j-1/000001/choosing-1-a.json", b"")
+    assert raced and [o.key for o in t.list("claims/")] == ["claims/j-1/000001/choosing-1-a.json"]
+
+
+def test_a_renewal_racing_the_finish_puts_no_lease_back(tmp_path, monkeypatch):
+    """The heartbeat took the claim and began renewing it just as the result went out, and
+    ``finish`` removed the claim meanwhile: the renewal must not put a lease back (a claim
+    left behind a finished job; after a release, a freed job held for lease_s)."""
+    q = make_queue(f"file://{tmp_path}/q", lease_s=0.3)
+    runner = Runner(q, [CountingCheck({}, threading.Lock())], tmp_path / "w", runner_id="a")
+    q.transport.put_bytes("jobs/j-1.json", b"{}")
+    claim = q.claim(q.scan()[0], "a")
+    assert claim is not None
+    runner._claim = claim  # as handle() does
+    entered, go, renew = threading.Event(), threading.Event(), q.renew
+
+    def held_renew(c):
+        entered.set()
+        go.wait(10)
+        return renew(c)
+
+    monkeypatch.setattr(q, "renew", held_renew)
+    done = threading.Event()
+    beat = threading.Thread(target=runner._heartbeat, args=(done,))
+    beat.start()
+    try:
+        assert entered.wait(10)
+        deliver = threading.Thread(target=runner._deliver, args=(claim, make_result("j-1", "ok")))
+        deliver.start()
+        deliver.join(timeout=1.0)  # finish() may run now, under the renewal in flight
+        go.set()
+        deliver.join(timeout=10)
+        with runner._lock:
+            runner._claim = None  # as handle() does at the end
+    finally:
+        go.set()
+        done.set()
+        beat.join(timeout=10)
+    assert json.loads(q.transport.get_bytes("results/j-1.json"))["status"] == "ok"
+    assert [o.key for o in q.transport.list("claims/")] == []
