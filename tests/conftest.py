@@ -29,6 +29,13 @@ def _torch_threads():
         yield
         return
     torch.set_num_threads(1)
+    # Metaflow's Runner API (used in-process by tests/pipeline/test_flow.py) imports its
+    # vendored typing_extensions, which puts an older typing._collect_parameters in place;
+    # torch._dynamo imported after that fails ("Type parameter ... without a default
+    # follows type parameter with a default"). Anything that builds a model on "meta"
+    # imports torch._dynamo on first use, so import it first, whatever the test order.
+    import torch._dynamo  # noqa: F401
+
     yield
 
 

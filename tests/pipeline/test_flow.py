@@ -1,25 +1,23 @@
 """``flows/full_repro.py`` end to end through Metaflow's Runner API, on the smoke preset, in a
 throwaway copy of the project (its own git + DVC repository, datastore and MLflow store).
 
-One module-scoped run serves the checks: every step ran, cards were rendered, MLflow
-lineage links the stages and the ``.pte``, nothing secret was recorded. A second run after
+One run serves the checks (started with the session, ``flow_background``): every step
+ran, cards were rendered, MLflow lineage links the stages and the ``.pte``, nothing
+secret was recorded. A second run after
 an ``eval`` param edit redoes only ``eval``; a run started with another Config file stops
 at ``start``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
+import flow_background as FB
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-SECRET = "mobilemoe-test-secret-7f3a9c"  # planted in the environment; must never be recorded
 STAGES = [
     "curate",
     "scaling",
@@ -34,31 +32,18 @@ STAGES = [
 ]
 
 
-def _project_helpers():
-    spec = importlib.util.spec_from_file_location("project_helpers", ROOT / "tests" / "data" / "project.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    helpers = _project_helpers()
-    root = helpers.make_project(tmp_path_factory.mktemp("flow") / "proj", "smoke")
-    for name in ("flows", "device_lab"):
-        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    (root / ".gitignore").write_text("/data/\n.venv\n/artifacts/\n/.mlflow/\n/.metaflow/\n")
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    subprocess.run(git + ["add", "-A"], cwd=root, check=True, capture_output=True)
-    subprocess.run(git + ["commit", "-qm", "project"], cwd=root, check=True, capture_output=True)
+    # The run's project, made when the session collected these tests (flow_background).
+    root = FB.started_root() or FB.make_flow_project(tmp_path_factory.mktemp("flow") / "proj")
+    helpers = FB.project_helpers()
     # Metaflow's local datastore and cards live in .metaflow/ of the working folder: the
     # flow runs there, and this process reads it from there too (its config may have been
     # imported by earlier tests, so no environment variable would reach it).
-    env = {"USERNAME": "mobilemoe-test", "MOBILEMOE_ROOT": str(root), "AWS_SECRET_ACCESS_KEY": SECRET}
-    drop = ("MLFLOW_TRACKING_URI", "METAFLOW_DATASTORE_SYSROOT_LOCAL", "METAFLOW_CARD_LOCALROOT")
-    saved = {k: os.environ.get(k) for k in (*env, *drop)}
+    env = FB.flow_env(root)
+    saved = {k: os.environ.get(k) for k in (*env, *FB.DROP)}
     os.environ.update(env)
-    for k in drop:
+    for k in FB.DROP:
         os.environ.pop(k, None)
     cwd = os.getcwd()
     os.chdir(root)
@@ -86,10 +71,16 @@ def _run(root: Path, **top_level):
 
 @pytest.fixture(scope="module")
 def first_run(project):
+    from metaflow import Run
+
     root, _ = project
-    status, run, out, err = _run(root)
-    assert status == "successful", err[-4000:]
-    return run
+    if FB.started_root() != root:  # not started with the session (e.g. a lone test run)
+        status, run, out, err = _run(root)
+        assert status == "successful", err[-4000:]
+        return run
+    done = FB.result()
+    assert done["status"] == "successful", done["stderr"][-4000:]
+    return Run(done["pathspec"], _namespace_check=False)
 
 
 def _card_text(task) -> str:
@@ -213,7 +204,7 @@ def test_nothing_secret_is_recorded(first_run, project):
     hits = []
     for path in root.rglob("*"):
         if path.is_file() and ".venv" not in path.parts and path.stat().st_size < 50_000_000:
-            if SECRET.encode() in path.read_bytes():
+            if FB.SECRET.encode() in path.read_bytes():
                 hits.append(str(path))
     assert hits == []
 
