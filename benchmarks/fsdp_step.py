@@ -34,7 +34,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -42,9 +41,8 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stamp import write_result  # noqa: E402
+from train_step import stage_config, token_split  # noqa: E402
 
-from mobilemoe.config.train import TrainStageConfig  # noqa: E402
-from mobilemoe.data.shards import ShardSplit  # noqa: E402
 from mobilemoe.model import build_model  # noqa: E402
 from mobilemoe.model.accounting import account  # noqa: E402
 from mobilemoe.plan import _shapes, memory  # noqa: E402
@@ -105,18 +103,9 @@ def _rank(rank: int, nproc: int, port: int, job: dict, out) -> None:
         model = build_model(cfg, device="meta" if sharded else "cpu")
         if not sharded:
             model.to(device)
-        tokens = np.random.default_rng(0).integers(6, cfg.vocab_size, size=max(200_000, 50 * batch * seq))
-        split = ShardSplit("train", tokens.astype(np.int64), None)
-        tcfg = TrainStageConfig(
-            steps=10**6,
-            batch_size=batch,
-            seq_len=seq,
-            lr=1e-4,
-            warmup_steps=0,
-            schedule="constant",
-            eval_batches=1,
-            parallelism=job["parallelism"],
-            activation_checkpointing=job["checkpointing"],
+        split = token_split(cfg.vocab_size, batch, seq)
+        tcfg = stage_config(
+            batch, seq, parallelism=job["parallelism"], activation_checkpointing=job["checkpointing"]
         )
         loader = WindowLoader(split, batch, seq, 0, rank, nproc, 1, device)
         trainer = Trainer(

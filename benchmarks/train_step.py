@@ -71,13 +71,15 @@ def configs(device: str) -> dict:
     return out
 
 
-def make_trainer(model_cfg, batch: int, seq: int, device: torch.device, bf16: bool) -> Trainer:
-    torch.manual_seed(0)
-    model = build_model(model_cfg).to(device)
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(6, model_cfg.vocab_size, size=max(200_000, 50 * batch * seq)).astype(np.int64)
-    split = ShardSplit("train", tokens, None)
-    cfg = TrainStageConfig(
+def token_split(vocab_size: int, batch: int, seq: int) -> ShardSplit:
+    """Random tokens (ids from 6: past the special tokens), enough for many steps."""
+    tokens = np.random.default_rng(0).integers(6, vocab_size, size=max(200_000, 50 * batch * seq))
+    return ShardSplit("train", tokens.astype(np.int64), None)
+
+
+def stage_config(batch: int, seq: int, **overrides) -> TrainStageConfig:
+    """A stage that never ends, at a constant LR: every timed step is alike."""
+    return TrainStageConfig(
         steps=10**6,
         batch_size=batch,
         seq_len=seq,
@@ -85,7 +87,15 @@ def make_trainer(model_cfg, batch: int, seq: int, device: torch.device, bf16: bo
         warmup_steps=0,
         schedule="constant",
         eval_batches=1,
+        **overrides,
     )
+
+
+def make_trainer(model_cfg, batch: int, seq: int, device: torch.device, bf16: bool) -> Trainer:
+    torch.manual_seed(0)
+    model = build_model(model_cfg).to(device)
+    split = token_split(model_cfg.vocab_size, batch, seq)
+    cfg = stage_config(batch, seq)
     loader = WindowLoader(split, batch, seq, seed=0, device=device)
     return Trainer(model, cfg, loader, split, device=device, autocast_dtype=torch.bfloat16 if bf16 else None)
 
