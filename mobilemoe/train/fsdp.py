@@ -82,6 +82,15 @@ def checkpoint_blocks(model: nn.Module) -> None:
         block._mobilemoe_checkpointed = True
 
 
+def will_shard(parallelism: str, world: Any, shard: Optional[bool] = None) -> bool:
+    """Whether a stage's model is sharded: ``fsdp`` over more than one process (one
+    process has nothing to shard), unless ``shard`` says otherwise (True: a process group
+    of one, as benchmarks/fsdp_step.py on one GPU)."""
+    if shard is not None:
+        return shard
+    return parallelism == "fsdp" and world.distributed
+
+
 def shard_model(
     model: nn.Module, param_dtype: Optional[torch.dtype] = None, device: Optional[torch.device] = None
 ) -> nn.Module:

@@ -42,7 +42,7 @@ from ..data.shards import ShardSplit
 from ..errors import UserError
 from .callbacks import finish_callbacks
 from .distributed import World, all_reduce_, wrap_ddp
-from .fsdp import checkpoint_blocks, full_norm, load_full_optimizer_state, shard_model
+from .fsdp import checkpoint_blocks, full_norm, load_full_optimizer_state, shard_model, will_shard
 from .loader import WindowLoader, eval_batches, fixed_windows
 from .optim import build_optimizer
 from .schedule import lr_at
@@ -108,10 +108,9 @@ class Trainer:
         self.state = state or TrainState()
         if cfg.activation_checkpointing:
             checkpoint_blocks(model)
-        # One process has nothing to shard: "fsdp" then trains the plain model (and writes
-        # sharded-format checkpoints that any process count resumes). ``shard=True`` with a
-        # process group of one shards anyway (benchmarks/fsdp_step.py on one GPU).
-        self.sharded = cfg.parallelism == "fsdp" and self.world.distributed if shard is None else shard
+        # Unsharded "fsdp" (one process) trains the plain model and writes sharded-format
+        # checkpoints that any process count resumes.
+        self.sharded = will_shard(cfg.parallelism, self.world, shard)
         if self.sharded:
             # FSDP casts the gathered weights itself (fp32 master weights stay sharded).
             shard_model(model, param_dtype=autocast_dtype, device=device)

@@ -136,8 +136,9 @@ def _run(params, stage, mix, out_dir, init, callbacks, tokenizer, progress, worl
         torch.manual_seed(params.runtime.seed)  # the seeded initialisation of pretraining
         # Under FSDP each rank makes the weights one block at a time as it shards them
         # (mobilemoe.train.fsdp.shard_model): never the whole model on one rank.
-        sharding = cfg.parallelism == "fsdp" and world.distributed
-        model = build_model(params.model, device="meta" if sharding else "cpu")
+        from .fsdp import will_shard
+
+        model = build_model(params.model, device="meta" if will_shard(cfg.parallelism, world) else "cpu")
     del init_model
     if stage == "qat":
         model = prepare_qat(model, params)
